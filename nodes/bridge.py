@@ -1,0 +1,247 @@
+"""The one module that talks to ComfyUI's services.
+
+Every other Likeness node module asks this one for folders, progress bars, the interrupt flag, VRAM hand-off and
+browser events, so host differences (2024 vs 2026 ComfyUI) are handled in one place and detected at run time.
+Host modules (``folder_paths``, ``comfy.*``, ``server``) are imported inside functions: importing the pack stays
+cheap and this module imports fine outside ComfyUI (tests install fakes in ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("likeness")
+
+EVENT_PREFIX = "likeness."
+SUBFOLDER = "likeness"  # our files live in <models>/<kind>/likeness/ and <output>/likeness/
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# folders
+
+
+def folder_paths():
+    import folder_paths as fp
+
+    return fp
+
+
+def filenames(kind: str) -> list[str]:
+    """Files ComfyUI lists for a model folder kind ("checkpoints", "vae", "loras", ...)."""
+    try:
+        return list(folder_paths().get_filename_list(kind))
+    except KeyError:
+        return []
+
+
+def full_path(kind: str, name: str) -> str:
+    """Absolute path of a listed model file, or a clear error naming the folder to put it in."""
+    fp = folder_paths()
+    path = fp.get_full_path(kind, name)
+    if not path or not os.path.isfile(path):
+        folders = ", ".join(fp.get_folder_paths(kind)) if kind in fp.folder_names_and_paths else kind
+        raise FileNotFoundError(f"{kind} file '{name}' was not found; put it in one of: {folders}")
+    return path
+
+
+def model_dir(kind: str) -> Path:
+    """The first folder ComfyUI uses for ``kind`` (where we save new models), with our ``likeness/`` subfolder."""
+    fp = folder_paths()
+    paths = fp.get_folder_paths(kind)
+    if not paths:
+        raise RuntimeError(f"ComfyUI has no '{kind}' model folder configured")
+    return Path(paths[0]) / SUBFOLDER
+
+
+def input_dir() -> Path:
+    return Path(folder_paths().get_input_directory())
+
+
+def output_dir() -> Path:
+    return Path(folder_paths().get_output_directory())
+
+
+def temp_dir() -> Path:
+    return Path(folder_paths().get_temp_directory())
+
+
+def resolve_input_folder(folder: str) -> Path:
+    """A user-typed folder: relative names are inside ComfyUI's input directory; absolute paths must exist.
+
+    A relative name may not climb out of the input directory (``..``).
+    """
+    raw = folder.strip()
+    if not raw:
+        raise ValueError("no folder given: type a folder name inside ComfyUI's input directory or an absolute path")
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        root = input_dir().resolve()
+        p = (root / p).resolve()
+        if root not in p.parents and p != root:
+            raise ValueError(f"folder '{folder}' points outside ComfyUI's input directory ({root})")
+    if not p.exists():
+        raise FileNotFoundError(f"folder '{p}' does not exist; create it and put your photos in it")
+    if not p.is_dir():
+        raise NotADirectoryError(f"'{p}' is a file, not a folder; give the folder that holds your photos")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# progress, interrupt, events
+
+
+class Progress:
+    """ComfyUI's progress bar for one node (the green bar and the ``progress`` WS message).
+
+    ``update_absolute`` is also an interruption point on every host: if the user pressed Cancel, it raises the host's
+    interrupt exception.
+    """
+
+    def __init__(self, total: int, node_id: str | None = None):
+        import comfy.utils
+
+        self.total = max(int(total), 1)
+        kwargs = {}
+        if node_id is not None and "node_id" in inspect.signature(comfy.utils.ProgressBar.__init__).parameters:
+            kwargs["node_id"] = node_id
+        self._bar = comfy.utils.ProgressBar(self.total, **kwargs)
+
+    def set(self, value: int, preview: Any = None) -> None:
+        self._bar.update_absolute(min(int(value), self.total), self.total, preview)
+
+
+def interrupted() -> bool:
+    """True once the user pressed Cancel (or ``POST /interrupt``); does not clear the flag."""
+    import comfy.model_management as mm
+
+    return bool(mm.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    """Let the host end the prompt as 'interrupted' (clears the flag, raises the host's exception)."""
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+
+
+def stop_flag() -> Callable[[], bool]:
+    """The callable the engine polls every step."""
+    return interrupted
+
+
+# Monitor state: what GET /likeness/status returns, so a page opened mid-run catches up.
+_STATE_LOCK = threading.Lock()
+_STATE: dict[str, Any] = {"run": None, "history": [], "samples": []}
+_HISTORY_MAX = 5000
+
+
+def _record(event: str, data: dict[str, Any]) -> None:
+    with _STATE_LOCK:
+        if event == "start":
+            _STATE.update(run=dict(data, state="running"), history=[], samples=[])
+        elif event == "progress" and _STATE["run"] is not None:
+            _STATE["history"].append(data)
+            del _STATE["history"][:-_HISTORY_MAX]
+            _STATE["run"].update(last=data)
+        elif event == "sample" and _STATE["run"] is not None:
+            _STATE["samples"].append(data)
+            del _STATE["samples"][:-50]
+        elif event == "end" and _STATE["run"] is not None:
+            _STATE["run"].update(data, state=data.get("state", "finished"))
+
+
+def status_snapshot() -> dict[str, Any]:
+    with _STATE_LOCK:
+        run = dict(_STATE["run"]) if _STATE["run"] else None
+        return {"run": run, "history": list(_STATE["history"]), "samples": list(_STATE["samples"])}
+
+
+def send_event(event: str, data: dict[str, Any]) -> None:
+    """Record ``data`` for /likeness/status and send ``likeness.<event>`` to every open page."""
+    _record(event, data)
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync(EVENT_PREFIX + event, data)
+    except Exception as e:  # noqa: BLE001 - the page missing an event must never break training
+        log.debug("likeness: could not send %s: %s", event, e)
+
+
+def register_routes() -> bool:
+    """Add ``GET /likeness/status`` to the host's web server (once). Returns False outside ComfyUI."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except Exception:  # noqa: BLE001
+        return False
+    routes = PromptServer.instance.routes
+    if getattr(register_routes, "_done", False):
+        return True
+
+    @routes.get("/likeness/status")
+    async def _status(request):  # noqa: ARG001
+        return web.json_response(status_snapshot())
+
+    register_routes._done = True  # type: ignore[attr-defined]
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# devices and memory
+
+
+def torch_device():
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def unload_host_models() -> None:
+    """Free VRAM held by ComfyUI's loaded models before we train or generate."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+
+
+def release_memory() -> None:
+    """Give memory back after our work (also after errors and cancels)."""
+    gc.collect()
+    try:
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+    except Exception:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def gpu_session(name: str) -> Iterator[None]:
+    """Around any heavy work: unload the host's models first, give all memory back afterwards, whatever happens.
+
+    Also leaves ComfyUI's ``inference_mode`` so autograd works and tensors made inside are normal tensors.
+    """
+    import torch
+
+    unload_host_models()
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        release_memory()
+        log.info("likeness: %s finished in %.1f s, memory released", name, time.perf_counter() - t0)

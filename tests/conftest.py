@@ -1,0 +1,51 @@
+"""Shared test fixtures.
+
+The pack is imported the way ComfyUI imports it: the repository root as a package (here named ``likeness_pack``),
+so ``nodes`` reaches ``trainers`` through relative imports. Engine tests import ``trainers`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "likeness_pack"
+
+# Keep tests on CPU and off any hub, whatever the machine has.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+
+
+def import_pack():
+    """Import the repository as the package ``likeness_pack`` (like ComfyUI's custom_nodes loader)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """A cache for generated fixtures (tiny models) shared by the whole session (LIKENESS_TEST_CACHE to keep it)."""
+    keep = os.environ.get("LIKENESS_TEST_CACHE")
+    if keep:
+        p = Path(keep)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return tmp_path_factory.mktemp("likeness-cache")

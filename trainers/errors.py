@@ -1,0 +1,23 @@
+"""Errors that reach users. Each message says what is wrong, where (the file or option) and what to do."""
+
+from __future__ import annotations
+
+
+class LikenessError(Exception):
+    """Base class: a problem the user can fix. The message is shown as is (node error, CLI stderr)."""
+
+
+class ConfigError(LikenessError, ValueError):
+    """An option or config file is invalid. Raised before any work starts."""
+
+
+class CheckpointError(LikenessError, ValueError):
+    """A model file cannot be read, is not SD1.x, or is incomplete."""
+
+
+class DatasetError(LikenessError, ValueError):
+    """A dataset folder or image set is missing, empty or unusable."""
+
+
+class TrainingStopped(LikenessError):
+    """Raised by front ends that want an exception when the stop flag ended a run early."""

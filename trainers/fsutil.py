@@ -1,0 +1,92 @@
+"""Small file-system helpers shared by every part of the engine: atomic writes, content hashes, safe names."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ConfigError
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, cached in memory by (path, size, mtime) so repeated calls are free."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def tree_sha256(paths: list[Path], root: Path | None = None) -> str:
+    """One hash over the names (relative to ``root``) and contents of many files, order independent."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: str(q.relative_to(root) if root else q)):
+        name = str(p.relative_to(root) if root else p.name)
+        h.update(name.encode() + b"\0" + file_sha256(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it over ``dest``, on error delete it.
+
+    A reader never sees a half-written file, and a cancelled write leaves nothing behind. An existing ``dest`` is an
+    error unless ``overwrite`` is set.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} already exists; choose another name or allow overwriting")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json_atomic(dest: str | Path, data: object, overwrite: bool = True) -> None:
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def safe_name(name: str, what: str = "output name") -> str:
+    """Validate a user-chosen file/folder name: no path separators, no '..', nothing hidden, not empty."""
+    raw = name.strip()
+    if not raw or raw in {".", ".."} or "/" in raw or "\\" in raw or ".." in raw or raw.startswith("."):
+        raise ConfigError(
+            f"{what} {name!r} is not a plain name: use letters, digits, '-', '_' (no '/', '\\' or '..'), "
+            "e.g. 'my_subject'"
+        )
+    cleaned = _SAFE.sub("_", raw)
+    return cleaned
+
+
+def cache_dir() -> Path:
+    """Where Likeness keeps derived files outside ComfyUI's folders (``LIKENESS_CACHE`` overrides)."""
+    root = os.environ.get("LIKENESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "likeness"
+    )
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
