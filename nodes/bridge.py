@@ -245,3 +245,17 @@ def gpu_session(name: str) -> Iterator[None]:
     finally:
         release_memory()
         log.info("likeness: %s finished in %.1f s, memory released", name, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# host assets
+
+
+def sd1_tokenizer_path() -> str:
+    """The SD1 CLIP tokenizer that ships inside ComfyUI (``comfy/sd1_tokenizer``); use model_max_length=77."""
+    import comfy
+
+    path = Path(comfy.__file__).resolve().parent / "sd1_tokenizer"
+    if not (path / "vocab.json").is_file():
+        raise FileNotFoundError(f"ComfyUI's SD1 tokenizer was not found at {path}")
+    return str(path)
