@@ -375,8 +375,12 @@ class Monitor {
     const own = runs.get(String(this.node.id));
     if (own) return own;
     // The run of a node this graph does not have (an API-queued prompt, a group node): show it on every monitor.
+    // It stays on a monitor that showed it while running, so the end result remains visible.
     const latest = latestRunId !== null ? runs.get(latestRunId) : null;
-    if (latest && !graphHasNode(latest.node_id)) return latest;
+    if (latest && !graphHasNode(latest.node_id) && (latest.status === "running" || this.adopted === latest)) {
+      this.adopted = latest;
+      return latest;
+    }
     return null;
   }
 
@@ -435,6 +439,7 @@ class Monitor {
   }
 
   renderDom(run) {
+    this.element.dataset.likenessMonitor = String(this.node.id); // the id is assigned when the node joins a graph
     this.statusEl.replaceChildren();
     const b = make("b", null, run ? `${run.step}/${run.total || "?"}` : "");
     this.statusEl.append(b, document.createTextNode(` ${statusLine(run)}`));
@@ -592,9 +597,11 @@ class Monitor {
     // Grow the node so the monitor gets its height (the frontend does not always count a DOM widget's height).
     const node = this.node;
     if (!node.size) return;
-    const base = before ? before[1] : node.size[1];
     const w = Math.max(node.size[0], 360);
-    const h = Math.max(node.size[1], base + MIN_HEIGHT + 8);
+    let h;
+    if (this.mode === "canvas" && typeof node.computeSize === "function") h = node.computeSize()[1];
+    else h = (before ? before[1] : node.size[1]) + MIN_HEIGHT + 8;
+    h = Math.max(node.size[1], h);
     if (typeof node.setSize === "function") node.setSize([w, h]);
     else node.size = [w, h];
   }
