@@ -49,3 +49,7 @@ def cache_root(tmp_path_factory) -> Path:
         p.mkdir(parents=True, exist_ok=True)
         return p
     return tmp_path_factory.mktemp("likeness-cache")
+
+
+from tests.fixtures_models import comfy_tiny_checkpoint, tiny_checkpoint, tiny_components  # noqa: E402,F401
+from tests.host.fixtures import _comfy_host_guard, comfy_host, comfy_host_install, pytest_runtest_makereport  # noqa: E402,F401,I001

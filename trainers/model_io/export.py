@@ -1,0 +1,159 @@
+"""Write SD1.x components as one LDM-layout ``.safetensors`` (what ComfyUI, A1111 and civitai use); handles.
+
+The export applies the same key tables as the import in the other direction, so import -> export reproduces every
+tensor of the original file bit for bit (at the same dtype).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, ConfigError
+from ..fsutil import atomic_path, cache_dir, file_sha256, tree_sha256
+from ..handles import ModelHandle
+from .components import CONFIG_METADATA_KEY, Components, components_to_ldm
+from .convert import TEXT_MODEL, TEXT_PREFIX
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}
+POSITION_IDS_KEY = TEXT_PREFIX + TEXT_MODEL + "embeddings.position_ids"
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    meta = dict(metadata or {})
+    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"safetensors metadata must map strings to strings; not so for {bad[:3]}")
+    return meta
+
+
+def write_ldm_file(
+    state_dict: dict[str, Any], path: str | Path, *, metadata: dict[str, str] | None = None, overwrite: bool = False
+) -> Path:
+    """Atomically write an LDM state dict (adds the text encoder's ``position_ids`` the original files carry)."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd = dict(state_dict)
+    pos_key = TEXT_PREFIX + TEXT_MODEL + "embeddings.position_embedding.weight"
+    if pos_key in sd and POSITION_IDS_KEY not in sd:
+        sd[POSITION_IDS_KEY] = torch.arange(sd[pos_key].shape[0], dtype=torch.int64).unsqueeze(0)
+    sd = {k: v.contiguous() for k, v in sd.items()}
+    dest = Path(path)
+    try:
+        with atomic_path(dest, overwrite=overwrite) as tmp:
+            save_file(sd, str(tmp), metadata=_check_metadata(metadata))
+    except FileExistsError as e:
+        raise ConfigError(f"{dest} already exists; choose another name or allow overwriting") from e
+    return dest
+
+
+def save_single_file(
+    components: Components,
+    path: str | Path,
+    *,
+    dtype: str = "fp16",
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save UNet + VAE + text encoder as one LDM-layout ``.safetensors`` in ``dtype`` ("fp16", "fp32", "bf16").
+
+    ``metadata`` (str -> str) goes into the safetensors header beside the model configs. The write is atomic; an
+    existing file is an error unless ``overwrite``.
+    """
+    meta = _check_metadata(metadata)
+    if Path(path).suffix.lower() != ".safetensors":
+        raise ConfigError(f"{path}: a single-file checkpoint is written as .safetensors; change the file name")
+    sd = components_to_ldm(components, dtype=_torch_dtype(dtype))
+    configs = {
+        "unet": dict(components.unet.config),
+        "vae": dict(components.vae.config),
+        "text_encoder": {
+            k: v
+            for k, v in components.text_encoder.config.to_dict().items()
+            if isinstance(v, (int, float, str, bool, type(None), list))
+        },
+    }
+    meta.setdefault("format", "pt")
+    meta[CONFIG_METADATA_KEY] = json.dumps(configs, default=str, sort_keys=True)
+    out = write_ldm_file(sd, path, metadata=meta, overwrite=overwrite)
+    log.info("wrote %s (%d tensors, %s)", out, len(sd) + 1, dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- handles
+
+
+def content_hash(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_dir():
+        files = [q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")]
+        return tree_sha256(files, root=p)
+    return file_sha256(p)
+
+
+def make_model_handle(
+    path: str | Path, *, vae_path: str | Path | None = None, base_path: str | Path | None = None, ema: str = "auto"
+) -> ModelHandle:
+    """Check a checkpoint (SD1.x, readable, complete with the given VAE/base) and describe it; loads no weights
+    beyond what a pickle file needs to be read."""
+    from .reader import inspect_checkpoint
+
+    p = Path(path)
+    info = inspect_checkpoint(p, ema=ema, vae_path=vae_path, base_path=base_path)
+    return ModelHandle(
+        path=str(p.resolve()),
+        variant=info["variant"],
+        content_hash=content_hash(p),
+        vae_path=str(Path(vae_path).resolve()) if vae_path else None,
+        base_path=str(Path(base_path).resolve()) if base_path else None,
+        ema=ema,
+        info=info,
+    )
+
+
+def host_loadable_file(handle: ModelHandle) -> str:
+    """A ``.safetensors`` path ComfyUI's own loader can read safely for this handle.
+
+    The original file when it is a plain SD1 ``.safetensors`` that needs no change; otherwise (a ``.ckpt``, a
+    diffusers folder, EMA weights chosen, a separate VAE or base) a normalized copy, cached by content.
+    """
+    from .reader import read_checkpoint
+
+    p = Path(handle.path)
+    info = handle.info or {}
+    plain = (
+        p.is_file()
+        and p.suffix.lower() == ".safetensors"
+        and not handle.vae_path
+        and not handle.base_path
+        and not info.get("ema_used", False)
+        and not info.get("needs_normalizing", False)
+    )
+    if plain:
+        return str(p)
+    digest = hashlib.sha256(handle.key.encode()).hexdigest()[:24]
+    dest = cache_dir() / "host_files" / f"{digest}.safetensors"
+    if dest.is_file():
+        return str(dest)
+    ckpt = read_checkpoint(p, ema=handle.ema, vae_path=handle.vae_path, base_path=handle.base_path)
+    meta = {"likeness.source": p.name, "likeness.ema_used": str(ckpt.info.get("ema_used"))}
+    try:
+        write_ldm_file(ckpt.state_dict, dest, metadata=meta, overwrite=True)
+    except OSError as e:
+        raise CheckpointError(f"could not write a host copy of {p} to {dest}: {e}") from e
+    log.info("normalized %s for ComfyUI's loader: %s", p, dest)
+    return str(dest)
