@@ -12,6 +12,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import math
 import os
 import threading
 import time
@@ -159,6 +160,26 @@ def _record(event: str, data: dict[str, Any]) -> None:
             _STATE["run"].update(data, state=data.get("state", "finished"))
 
 
+def _json_safe(value: Any) -> Any:
+    """A JSON-ready copy of an event payload: NaN/inf (a diverging loss) become None, tuples lists, tensors and
+    numpy scalars plain numbers, paths strings. The copy also keeps the recorded history independent of the caller."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    item = getattr(value, "item", None)
+    if callable(item):
+        with contextlib.suppress(Exception):
+            return _json_safe(item())
+    return str(value)
+
+
 def status_snapshot() -> dict[str, Any]:
     with _STATE_LOCK:
         run = dict(_STATE["run"]) if _STATE["run"] else None
@@ -167,6 +188,7 @@ def status_snapshot() -> dict[str, Any]:
 
 def send_event(event: str, data: dict[str, Any]) -> None:
     """Record ``data`` for /likeness/status and send ``likeness.<event>`` to every open page."""
+    data = _json_safe(data)
     _record(event, data)
     try:
         from server import PromptServer
