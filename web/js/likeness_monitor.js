@@ -417,6 +417,11 @@ class Monitor {
       onDraw: () => this.drawDomChart(false),
     });
     if (this.widget) this.widget.serialize = false;
+    // Redraw the chart when its box changes size (frontends that position DOM widgets without calling onDraw).
+    if (typeof ResizeObserver === "function") {
+      this.resizeObserver = new ResizeObserver(() => this.drawDomChart(false));
+      this.resizeObserver.observe(this.canvas);
+    }
     this.render();
   }
 
@@ -700,6 +705,7 @@ function attach(node) {
   const onRemoved = node.onRemoved;
   node.onRemoved = function () {
     monitors.delete(monitor);
+    monitor.resizeObserver?.disconnect();
     return onRemoved?.apply(this, arguments);
   };
 }
