@@ -157,3 +157,46 @@ def host_loadable_file(handle: ModelHandle) -> str:
         raise CheckpointError(f"could not write a host copy of {p} to {dest}: {e}") from e
     log.info("normalized %s for ComfyUI's loader: %s", p, dest)
     return str(dest)
+
+
+def save_diffusers_folder(
+    components: Components, folder: str | Path, *, dtype: str = "fp32", overwrite: bool = False
+) -> Path:
+    """Write the components as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/ when there is one,
+    scheduler/, model_index.json); built beside ``folder`` and renamed into place."""
+    import shutil
+    import tempfile
+
+    from .components import bundled_config
+
+    dest = Path(folder)
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"{dest} already exists; choose another folder or allow overwriting")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    torch_dtype = _torch_dtype(dtype)
+    try:
+        for name in ("unet", "vae", "text_encoder"):
+            model = getattr(components, name)
+            original = next(model.parameters()).dtype
+            model.to(torch_dtype)
+            try:
+                model.save_pretrained(tmp / name, safe_serialization=True)
+            finally:
+                model.to(original)
+        index = bundled_config("model_index")
+        if components.tokenizer is not None:
+            components.tokenizer.save_pretrained(tmp / "tokenizer")
+        else:
+            index["tokenizer"] = [None, None]
+            log.warning("no tokenizer given: %s gets none (pass one to make the folder complete)", dest)
+        components.noise_scheduler.save_pretrained(tmp / "scheduler")
+        index["scheduler"] = ["diffusers", type(components.noise_scheduler).__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

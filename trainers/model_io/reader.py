@@ -8,6 +8,7 @@ bookkeeping) is dropped; EMA weights are used or ignored as asked; keys are norm
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import struct
@@ -214,9 +215,20 @@ def _choose_ema(sd: dict[str, Any], ema: str, path: Path) -> tuple[dict[str, Any
         if not unet_keys:
             raise CheckpointError(f"{path} has only EMA UNet weights; choose ema='ema' or 'auto'")
         return cleaned, False, True
-    if not unet_keys:  # EMA-only file: reconstruct the UNet key names from the dotted EMA form
+    if not unet_keys:  # EMA-only file: recover the UNet key names
+        if all("." in k[len(EMA_PREFIX) :] for k in ema_keys):  # dotted form
+            for k in ema_keys:
+                cleaned["model." + k[len(EMA_PREFIX) :]] = sd[k]
+            return cleaned, True, True
+        names = _sd15_dotless_names()  # dotless form: only SD1.5's own key names can be recovered
+        unknown = sorted(k for k in ema_keys if k not in names)
+        if unknown:
+            raise CheckpointError(
+                f"{path} holds only EMA weights under names that cannot be mapped back ({unknown[0]}, ...); "
+                "use a file with regular 'model.diffusion_model.*' weights"
+            )
         for k in ema_keys:
-            cleaned["model." + k[len(EMA_PREFIX) :]] = sd[k]
+            cleaned[names[k]] = sd[k]
         return cleaned, True, True
     missing = []
     for k in unet_keys:
@@ -232,6 +244,17 @@ def _choose_ema(sd: dict[str, Any], ema: str, path: Path) -> tuple[dict[str, Any
             f"{missing[0]}); choose ema='non_ema'"
         )
     return cleaned, True, True
+
+
+@functools.lru_cache(maxsize=1)
+def _sd15_dotless_names() -> dict[str, str]:
+    """{dotless EMA name: 'model.diffusion_model.*' key} for SD1.5's UNet."""
+    from .components import build_unet, bundled_config
+    from .convert import unet_table
+
+    cfg = bundled_config("unet")
+    table = unet_table(cfg, build_unet(cfg).state_dict().keys())
+    return {_ema_name_candidates(k)[0]: k for k in table.ldm_keys()}
 
 
 def _split(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
