@@ -1,0 +1,88 @@
+"""The diffusion training objective: noise the latents, pick the target, weight and split the loss.
+
+Plain functions on tensors, in the order of one step (read top to bottom):
+
+1. :func:`draw_noise` — Gaussian noise (plus optional *offset noise*) and uniform timesteps from a seeded generator;
+2. :func:`noisy_latents_and_target` — forward diffusion with the scheduler's ``add_noise``; the target is the
+   noise (``epsilon``) or the velocity (``v_prediction``), whichever the model was trained to predict;
+3. :func:`diffusion_loss` — per-sample MSE, optional Min-SNR-γ weights (Hang et al. 2023, arXiv:2303.09556), then
+   the DreamBooth split: the first half of the batch are subject images, the second half class images, and
+   ``loss = subject + prior_weight * class`` (Ruiz et al. 2023, eq. 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor  # what backward() sees
+    instance: float  # subject-image loss (unweighted by the prior weight)
+    prior: float | None  # class-image loss, None without prior preservation
+
+
+def draw_noise(latents: torch.Tensor, num_timesteps: int, generator: torch.Generator, noise_offset: float = 0.0):
+    """Noise shaped like ``latents`` and one timestep per sample, drawn on the CPU generator (device independent)."""
+    import torch
+
+    b, c = latents.shape[:2]
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    if noise_offset:
+        # Offset noise (Guttenberg 2023): a per-channel constant shift lets the model change overall brightness.
+        noise = noise + noise_offset * torch.randn((b, c, 1, 1), generator=generator, dtype=torch.float32)
+    timesteps = torch.randint(0, num_timesteps, (b,), generator=generator)
+    return noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
+
+
+def noisy_latents_and_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """``x_t`` and the regression target for the scheduler's prediction type."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"prediction type {kind!r} is not supported for training (epsilon or v_prediction)")
+    return noisy, target
+
+
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ: weight each sample by min(SNR, γ)/SNR (epsilon) or min(SNR, γ)/(SNR+1) (v-prediction)."""
+    import torch
+
+    s = snr(scheduler, timesteps)
+    clipped = torch.minimum(s, torch.full_like(s, gamma))
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (s + 1.0)
+    return clipped / s
+
+
+def diffusion_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_instance: int,
+    prior_weight: float = 1.0,
+    weights: torch.Tensor | None = None,
+) -> LossParts:
+    """MSE per sample (optionally weighted), split into the subject half and the class half of the batch."""
+    per_sample = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+    if weights is not None:
+        per_sample = per_sample * weights
+    inst = per_sample[:n_instance].mean()
+    if per_sample.shape[0] == n_instance:
+        return LossParts(total=inst, instance=float(inst.detach()), prior=None)
+    prior = per_sample[n_instance:].mean()
+    return LossParts(total=inst + prior_weight * prior, instance=float(inst.detach()), prior=float(prior.detach()))

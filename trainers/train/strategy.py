@@ -1,0 +1,142 @@
+"""What trains and how it is saved: the one seam between the shared loop and a training method.
+
+The loop (:mod:`.loop`) knows nothing about DreamBooth or LoRA. It asks the config for a strategy
+(``config.make_strategy()``) and calls, in this order:
+
+1. ``prepare(components, config) -> list[ParamGroup]`` — once, before the optimizer exists. Freeze what must not
+   train (``requires_grad_(False)``), add adapters if any, and return the optimizer's parameter groups. Each group is
+   a dict with ``params`` (a list of tensors), ``lr`` and ``name``: ``"unet"`` or ``"text_encoder"``. The loop
+   stops the ``"text_encoder"`` group after ``text_encoder_steps`` by setting ``requires_grad_(False)`` on its
+   params (an optimizer skips parameters without gradients, so nothing else in them changes).
+2. ``trainable_modules(components) -> dict[str, nn.Module]`` — the modules that run with gradients (keys
+   ``"unet"``, ``"text_encoder"``): the loop puts them in train mode, turns on gradient checkpointing and (under
+   ``accelerate launch``) wraps them for data-parallel training. Modules not returned run frozen, without graph.
+3. ``state_dict_for_checkpoint(components) -> dict[str, Tensor]`` / ``load_state_dict_for_resume(components,
+   state)`` — the trained tensors only, written to a resumable state (``trainable.safetensors``) and read back in
+   fp32, bitwise.
+4. ``save_result(components, path, metadata, config) -> Path`` — write the finished model atomically (never a
+   partial file), refusing to replace an existing file unless ``config.overwrite``. ``metadata`` is a
+   ``dict[str, str]`` for the safetensors header (config, hashes, steps, version).
+
+``FullFineTune`` (DreamBooth) is below; the LoRA strategy lives in ``trainers/lora/`` and plugs in through
+``LoRAConfig.make_strategy()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+ParamGroup = dict[str, Any]  # {"name": "unet" | "text_encoder", "params": [...], "lr": float}
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """How one training method uses the shared loop (see the module docstring for the call order)."""
+
+    name: str
+
+    def prepare(self, components, config) -> list[ParamGroup]: ...
+
+    def trainable_modules(self, components) -> dict[str, torch.nn.Module]: ...
+
+    def state_dict_for_checkpoint(self, components) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict_for_resume(self, components, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path: ...
+
+
+def text_encoder_lr(config) -> float:
+    return config.learning_rate if config.text_encoder_lr is None else config.text_encoder_lr
+
+
+class FullFineTune:
+    """DreamBooth: every UNet weight trains (and every text-encoder weight when asked); the VAE never does."""
+
+    name = "dreambooth"
+
+    def __init__(self) -> None:
+        self.train_text_encoder = False
+
+    def prepare(self, components, config) -> list[ParamGroup]:
+        self.train_text_encoder = bool(config.train_text_encoder)
+        components.vae.requires_grad_(False)
+        components.unet.requires_grad_(True)
+        components.text_encoder.requires_grad_(self.train_text_encoder)
+        groups: list[ParamGroup] = [
+            {"name": "unet", "params": list(components.unet.parameters()), "lr": config.learning_rate}
+        ]
+        if self.train_text_encoder:
+            params = list(components.text_encoder.parameters())
+            groups.append({"name": "text_encoder", "params": params, "lr": text_encoder_lr(config)})
+        return groups
+
+    def trainable_modules(self, components) -> dict[str, torch.nn.Module]:
+        modules = {"unet": components.unet}
+        if self.train_text_encoder:
+            modules["text_encoder"] = components.text_encoder
+        return modules
+
+    def state_dict_for_checkpoint(self, components) -> dict[str, torch.Tensor]:
+        out = {f"unet.{k}": v for k, v in components.unet.state_dict().items()}
+        if self.train_text_encoder:
+            out.update({f"text_encoder.{k}": v for k, v in components.text_encoder.state_dict().items()})
+        return out
+
+    def load_state_dict_for_resume(self, components, state: dict[str, torch.Tensor]) -> None:
+        unet = {k[5:]: v for k, v in state.items() if k.startswith("unet.")}
+        components.unet.load_state_dict(unet, strict=True)
+        te = {k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")}
+        if self.train_text_encoder:
+            components.text_encoder.load_state_dict(te, strict=True)
+        elif te:
+            raise ValueError("the resumable state holds text-encoder weights but train_text_encoder is off")
+
+    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path:
+        from ..model_io import save_single_file
+
+        out = save_single_file(
+            components, path, dtype=config.save_dtype, metadata=metadata, overwrite=bool(config.overwrite)
+        )
+        if getattr(config, "save_diffusers", False):
+            save_diffusers_folder(components, Path(path).with_suffix(""), overwrite=bool(config.overwrite))
+        return Path(out)
+
+
+def save_diffusers_folder(components, folder: Path, overwrite: bool = False) -> Path:
+    """Also write a diffusers folder (``save_pretrained`` of a pipeline made from our components), atomically."""
+    import shutil
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} already exists; choose another output name or allow overwriting")
+    pipe = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=components.noise_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
