@@ -51,6 +51,13 @@ CHROME_FLAGS = (
 # ---------------------------------------------------------------------------------------------------------------
 # the browser
 
+CATCH_ERRORS = """
+window.__pageErrors = [];
+window.addEventListener("error", (e) => window.__pageErrors.push(String((e.error && e.error.stack) || e.message)));
+window.addEventListener("unhandledrejection", (e) =>
+  window.__pageErrors.push(String((e.reason && e.reason.stack) || e.reason)));
+"""
+
 
 class Page:
     """One headless Chromium tab on the ComfyUI page, with the helpers the tests need."""
@@ -61,6 +68,8 @@ class Page:
         self.console: list[dict] = []
 
     def open(self, timeout: float = 60.0) -> None:
+        # Keep the stack of every uncaught error and rejection (the console shows only one location).
+        self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CATCH_ERRORS})
         self.driver.get(self.url)
         self.wait_js("return !!(window.app && window.app.graph && window.LiteGraph)", timeout)
 
@@ -112,9 +121,41 @@ class Page:
         self.drain_console()
         return [e["message"] for e in self.console if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
 
-    def console_warnings_from_us(self) -> list[str]:
+    def click_monitor_button(self, node_id, name: str) -> None:
+        """A real mouse click on the monitor's ``log``/``stop`` button (a DOM button, or a box drawn on the canvas)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        el = self.js(
+            "const m = app.graph.getNodeById(arguments[0]).likenessMonitor;"
+            "return m.element ? m.element.querySelector('.likeness-monitor-' + arguments[1]) : null;",
+            node_id,
+            name,
+        )
+        if el is not None:
+            el.click()
+            return
+        # canvas mode: the drawn button's box (node coordinates) -> page coordinates
+        x, y = self.js(
+            "const n = app.graph.getNodeById(arguments[0]); const b = n.likenessMonitor.state.buttons[arguments[1]];"
+            "const ds = app.canvas.ds; const r = app.canvas.canvas.getBoundingClientRect();"
+            "const gx = n.pos[0] + b[0] + b[2] / 2, gy = n.pos[1] + b[1] + b[3] / 2;"
+            "return [(gx + ds.offset[0]) * ds.scale + r.left, (gy + ds.offset[1]) * ds.scale + r.top];",
+            node_id,
+            name,
+        )
+        actions = ActionChains(self.driver)
+        actions.w3c_actions.pointer_action.move_to_location(int(x), int(y)).click()
+        actions.perform()
+
+    def page_errors(self) -> list[str]:
+        """Uncaught errors and rejections in the page since it was (re)loaded, with their stacks."""
+        return self.js("return window.__pageErrors || []")
+
+    def problems_from_us(self) -> list[str]:
+        """Console errors/warnings and uncaught errors that come from our extension (its URL or its name)."""
         self.drain_console()
-        return [e["message"] for e in self.console if "likeness" in e["message"].lower() and e["level"] != "INFO"]
+        ours = [e["message"] for e in self.console if e["level"] != "INFO" and "likeness" in e["message"].lower()]
+        return ours + [e for e in self.page_errors() if "likeness" in e.lower()]
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +178,17 @@ def chrome():
 
 
 @pytest.fixture
-def page(chrome, comfy_host):
-    p = Page(chrome, comfy_host.url)
+def page(chrome, request):
+    """The ComfyUI page of the test host (or of ``LIKENESS_BROWSER_URL``: a ComfyUI you started, e.g. a newer one)."""
+    url = os.environ.get("LIKENESS_BROWSER_URL") or request.getfixturevalue("comfy_host").url
+    p = Page(chrome, url)
     p.open()
     yield p
-    errors = p.console_errors()
-    assert not errors, f"browser console errors: {errors}"
-    assert not p.console_warnings_from_us(), p.console_warnings_from_us()
+    assert not p.problems_from_us(), f"errors from the Likeness extension: {p.problems_from_us()}"
+    if not os.environ.get("LIKENESS_BROWSER_URL"):
+        # The test host's page is otherwise clean: any error at all is a finding (the favicon 404 is expected).
+        assert not p.console_errors(), f"browser console errors: {p.console_errors()}"
+        assert not p.page_errors(), f"uncaught errors in the page: {p.page_errors()}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,11 +290,9 @@ def test_monitor_draws_fake_events_in_dom_and_canvas_modes(page):
             )
             smooth_px = count_color_pixels(page, "app.canvas.canvas", SMOOTH_RGB, box)
         assert smooth_px > 30, f"{mode}: the smoothed loss line is not on screen ({smooth_px} px)"
-        # log scale toggle: redraws on a log axis
-        page.js(
-            "app.graph.getNodeById(arguments[0]).likenessMonitor.setLogScale(true); app.canvas.draw(true, true)",
-            node_id,
-        )
+        # the log-scale toggle, clicked like a user: redraws on a log axis
+        page.click_monitor_button(node_id, "log")
+        page.js("app.canvas.draw(true, true)")
         st = page.state(node_id)
         assert st["logScale"] and st["drawn"]["logScale"]
         page.js_async(

@@ -654,6 +654,8 @@ class Monitor {
       samples: (run?.samples ?? []).length,
       thumbnails: (latest?.images ?? []).slice(0, MAX_THUMBS).map((im) => im.url),
       drawn: Object.freeze({ ...this.lastDraw }),
+      // canvas mode: the buttons' boxes in node coordinates ([x, y, w, h]; stop is null when disabled)
+      buttons: this.mode === "canvas" ? Object.freeze({ ...this.buttons }) : null,
       message: run?.message ?? null,
       path: run?.path ?? null,
     });
