@@ -63,6 +63,11 @@ def model_dir(kind: str) -> Path:
     return Path(paths[0]) / SUBFOLDER
 
 
+def models_subfolder(name: str) -> Path:
+    """``<ComfyUI models folder>/<name>`` (e.g. ``facedetection`` for optional detector models); may not exist."""
+    return Path(folder_paths().models_dir) / name
+
+
 def input_dir() -> Path:
     return Path(folder_paths().get_input_directory())
 
@@ -281,3 +286,48 @@ def sd1_tokenizer_path() -> str:
     if not (path / "vocab.json").is_file():
         raise FileNotFoundError(f"ComfyUI's SD1 tokenizer was not found at {path}")
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the host's own model objects (MODEL / CLIP / VAE)
+
+_VAE_PREFIX = "first_stage_model."
+
+
+def load_checkpoint_for_host(path: str | Path) -> tuple[Any, Any, Any]:
+    """MODEL, CLIP and VAE from ComfyUI's own checkpoint loader, so they sample like any core-loaded model.
+
+    Only ``.safetensors`` paths are accepted: older hosts (2024) unpickle every other format without
+    ``weights_only``, so a ``.ckpt`` must reach the host as a vetted safetensors copy
+    (``trainers.model_io.host_loadable_file``).
+    """
+    p = str(path)
+    if not p.lower().endswith(".safetensors"):
+        raise ValueError(
+            f"refusing to give {p} to ComfyUI's loader: only .safetensors files are passed to the host "
+            "(older ComfyUI versions unpickle other formats unsafely)"
+        )
+    import comfy.sd
+
+    loader = comfy.sd.load_checkpoint_guess_config
+    kwargs: dict[str, Any] = {"output_vae": True, "output_clip": True}
+    if "embedding_directory" in inspect.signature(loader).parameters:
+        with contextlib.suppress(Exception):  # embeddings are optional
+            kwargs["embedding_directory"] = folder_paths().get_folder_paths("embeddings")
+    out = loader(p, **kwargs)
+    model, clip, vae = out[0], out[1], out[2]
+    if model is None:
+        raise RuntimeError(f"ComfyUI could not load a model from {p}")
+    return model, clip, vae
+
+
+def vae_from_state_dict(sd: dict[str, Any]) -> Any:
+    """A host VAE from an LDM-layout VAE state dict (keys with or without ``first_stage_model.``)."""
+    import comfy.sd
+
+    plain = {k[len(_VAE_PREFIX) :] if k.startswith(_VAE_PREFIX) else k: v for k, v in sd.items()}
+    vae = comfy.sd.VAE(sd=plain)
+    check = getattr(vae, "throw_exception_if_invalid", None)  # newer hosts: a VAE with unknown keys
+    if callable(check):
+        check()
+    return vae
