@@ -105,6 +105,8 @@ function applyEvent(event, data) {
     run.it_s = numberOr(data.it_s, run.it_s);
     run.eta = numberOr(data.eta, run.eta);
     run.elapsed = numberOr(data.elapsed, run.elapsed);
+    run.loss_instance = numberOr(data.loss_instance, run.loss_instance ?? null);
+    run.loss_prior = numberOr(data.loss_prior, run.loss_prior ?? null);
     const loss = numberOr(data.loss, null);
     if (loss !== null) {
       run.loss = loss;
@@ -455,7 +457,11 @@ class Monitor {
       ["it/s", fmtNum(run?.it_s, 3)],
       ["ETA", fmtDuration(run?.eta)],
       ["lr", fmtNum(run?.lr, 3)],
+      ["elapsed", fmtDuration(run?.elapsed)],
     ];
+    // prior preservation: both loss terms
+    if (run?.loss_instance != null) stats.push(["subject", fmtNum(run.loss_instance, 4)]);
+    if (run?.loss_prior != null) stats.push(["prior", fmtNum(run.loss_prior, 4)]);
     this.statsEl.replaceChildren(
       ...stats.map(([k, v]) => {
         const s = make("span", null, `${k} `);
@@ -482,6 +488,7 @@ class Monitor {
       );
     }
     this.msgEl.textContent = run?.message || (run?.path ? `saved: ${run.path}` : "");
+    this.element.title = run?.name ? `${run.kind ?? "training"}: ${run.name}` : "";
     this.chartDirty = true;
     this.drawDomChart(true);
   }
@@ -649,6 +656,7 @@ class Monitor {
       lr: run?.lr ?? null,
       it_s: run?.it_s ?? null,
       eta: run?.eta ?? null,
+      elapsed: run?.elapsed ?? null,
       logScale: this.logScale,
       points: pts.map((p) => Object.freeze({ ...p })),
       samples: (run?.samples ?? []).length,
