@@ -1,0 +1,659 @@
+"""Face Crop Dataset: photos in, a clean square training set out, with a report of every image.
+
+For each photo: read it safely (:mod:`.images`), find the subject's face (:mod:`.faces`), cut a square around it
+with a margin (shifted to stay inside the photo; padded only as a reported last resort), resize it to the training
+resolution with LANCZOS, and measure what would hurt training (small face -> upscaling, blur, several faces,
+near-duplicate shots). The kept crops are written as ``0001.png, 0002.png, ...`` (plus ``.txt`` captions) with a
+``report.json``; the folder name is a key of the inputs and options, so running again on the same photos reuses it
+instead of writing a second copy.
+
+Entry point: :func:`build_dataset`. Geometry (:func:`face_crop_box`), blur and hashes are plain functions.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..configspec import config_hash, opt, to_dict
+from ..errors import ConfigError, DatasetError
+from ..fsutil import file_sha256, write_json_atomic
+from .faces import DETECTORS, Face, FaceDetector, choose_face, make_detector
+from .images import LoadedImage, list_images, read_image
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1  # bump when the same inputs and options would give different crops
+RECOMMENDED_IMAGES = 15  # what DreamBooth wants for a person
+UPSCALE_WARN = 2.0
+MAX_TIGHT_FRACTION = 0.8  # a crop narrower than the margin asks for may hold the face up to this share of its side
+REPORT_NAME = "report.json"
+
+
+@dataclass
+class CropConfig:
+    """Options of the face-crop dataset builder (CLI flags and node inputs come from these)."""
+
+    instance_prompt: str = opt(
+        "photo of sks person",
+        "Instance prompt: the caption of every crop (rare token + class), written to the .txt files and passed on "
+        "to training.",
+    )
+    resolution: int = opt(
+        512,
+        "Side of the square crops in pixels (512 for SD1.5; 768 also works). A multiple of 8.",
+        min=64,
+        max=2048,
+        step=8,
+    )
+    margin: float = opt(
+        0.7,
+        "Space around the face on each side, in face widths: 0.7 makes the face ~42% of the crop side "
+        "(0.5 -> 50%, 0.9 -> 36%).",
+        min=0.0,
+        max=3.0,
+        step=0.05,
+    )
+    no_face: str = opt(
+        "skip",
+        "Photos where no face is found: skip them (listed in the report) or keep a centre crop.",
+        choices=("skip", "center_crop"),
+    )
+    detector: str = opt(
+        "auto",
+        "Face detector: auto (YuNet when its model file is present, else Haar), haar (OpenCV cascades, built in) "
+        "or yunet (needs models/facedetection/*.onnx).",
+        choices=DETECTORS,
+    )
+    detector_model: str | None = opt(
+        None, "YuNet .onnx model file for detector auto/yunet (the node finds it in models/facedetection/).", node=False
+    )
+    captions: bool = opt(True, "Write a .txt caption with the instance prompt beside each image.", advanced=True)
+    recursive: bool = opt(False, "Also read photos in subfolders of the input folder.", advanced=True)
+    duplicates: str = opt(
+        "skip",
+        "Near-duplicate photos (the same shot resaved, resized or in a burst): skip all but the first, or keep them. "
+        "Reported either way.",
+        choices=("skip", "keep"),
+        advanced=True,
+    )
+    duplicate_distance: int = opt(
+        4,
+        "Two crops are near-duplicates when their 64-bit perceptual hashes differ in at most this many bits.",
+        min=0,
+        max=32,
+        advanced=True,
+    )
+    blur_threshold: float = opt(
+        25.0,
+        "Warn when the face's sharpness (variance of the Laplacian at the training resolution) is below this.",
+        min=0.0,
+        max=10000.0,
+        advanced=True,
+    )
+    max_megapixels: float = opt(
+        80.0,
+        "Refuse photos larger than this many megapixels (decompression-bomb guard).",
+        min=1.0,
+        max=1000.0,
+        advanced=True,
+    )
+    workers: int = opt(
+        0,
+        "Threads that decode and detect in parallel (0 = one per CPU core, at most 4).",
+        min=0,
+        max=32,
+        advanced=True,
+        node=False,
+    )
+
+    def check(self) -> None:
+        if self.resolution % 8:
+            raise ConfigError(f"option 'resolution' is {self.resolution}; use a multiple of 8 (e.g. 512 or 768)")
+        if not self.instance_prompt.strip():
+            raise ConfigError("option 'instance_prompt' is empty; describe the subject, e.g. 'photo of sks person'")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# geometry and measurements (plain functions)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square in image pixel coordinates; it reaches past the image only when ``padded``."""
+
+    left: int
+    top: int
+    side: int
+    padded: bool = False
+    tight: bool = False  # narrower than the margin asked for (photo too small around the face)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.left, self.top, self.left + self.side, self.top + self.side)
+
+    def contains(self, face: Face, tol: float = 0.5) -> bool:
+        left, top, right, bottom = self.box
+        return (
+            face.x >= left - tol
+            and face.y >= top - tol
+            and face.x + face.w <= right + tol
+            and face.y + face.h <= bottom + tol
+        )
+
+
+def _clamp(v: float, lo: float, hi: float) -> float:
+    return max(lo, min(v, hi))
+
+
+def face_crop_box(face: Face, width: int, height: int, margin: float) -> CropBox:
+    """The square around ``face``: side = face x (1 + 2 x margin), centred on the face, shifted to stay inside.
+
+    If the photo is narrower than that square, the crop uses the photo's shorter side as long as the face stays
+    inside with some margin (``tight``); otherwise (face at the very edge, or filling the frame) the square is
+    centred on the face and the missing part is padded (``padded``): the last resort, reported.
+    """
+    want = face.side * (1 + 2 * margin)
+    short = min(width, height)
+    inside = face.x >= 0 and face.y >= 0 and face.x + face.w <= width and face.y + face.h <= height
+    for side, tight in ((want, False), (float(short), True)):
+        if side > short or (tight and face.side > MAX_TIGHT_FRACTION * side):
+            continue
+        s = max(1, round(side))
+        left = round(_clamp(face.cx - s / 2, 0, width - s))
+        top = round(_clamp(face.cy - s / 2, 0, height - s))
+        box = CropBox(left, top, s, tight=tight and want > short)
+        if inside and box.contains(face):
+            return box
+    s = max(1, round(max(want, face.side)))
+    return CropBox(round(face.cx - s / 2), round(face.cy - s / 2), s, padded=True)
+
+
+def center_crop_box(width: int, height: int) -> CropBox:
+    s = min(width, height)
+    return CropBox((width - s) // 2, (height - s) // 2, s)
+
+
+def cut_square(image: Image.Image, box: CropBox, resolution: int) -> Image.Image:
+    """Cut ``box`` out of ``image`` and resize it to ``resolution`` (LANCZOS); pads by edge replication if needed."""
+    if not box.padded:
+        return image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box.box)
+    import cv2
+
+    a = np.asarray(image)
+    h, w = a.shape[:2]
+    x0, y0, x1, y1 = box.box
+    inner = a[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)]
+    padded = cv2.copyMakeBorder(
+        inner, max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w), borderType=cv2.BORDER_REPLICATE
+    )
+    return Image.fromarray(padded).resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian (higher = sharper) of a uint8 grey image."""
+    import cv2
+
+    if gray.size == 0:
+        return 0.0
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def dhash(image: Image.Image, size: int = 8) -> int:
+    """Difference hash: 64 bits saying whether each pixel of a 9x8 grey thumbnail is brighter than its neighbour.
+
+    Robust to resizing, re-compression and small colour changes; different shots differ in many bits.
+    """
+    small = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one image
+
+
+@dataclass
+class ImageReport:
+    """What happened to one input photo (one entry of ``report.json``)."""
+
+    source: str
+    status: str = "skipped"  # "kept" | "skipped"
+    reason: str = ""  # why it was skipped
+    output: str = ""  # e.g. "0003.png"
+    size: list[int] | None = None  # [width, height] after EXIF rotation
+    faces: int = 0
+    face: dict[str, Any] | None = None  # x, y, w, h (source pixels), kind, fraction (of the crop side)
+    crop: dict[str, Any] | None = None  # left, top, side (source pixels), padded, tight, center
+    upscale: float = 0.0  # output side / crop side in source pixels
+    blur: float = 0.0  # sharpness of the face region of the crop
+    dhash: str = ""
+    duplicate_of: str = ""
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+Loader = Callable[[], LoadedImage]
+
+
+def crop_one(
+    name: str, load: Loader, cfg: CropConfig, detector: FaceDetector
+) -> tuple[ImageReport, Image.Image | None]:
+    """Read, detect, crop and measure one photo. Never raises for a bad photo: it is reported as skipped."""
+    rep = ImageReport(source=name)
+    try:
+        loaded = load()
+    except DatasetError as e:
+        rep.reason = _strip_path(str(e), name)
+        return rep, None
+    image = loaded.image
+    rep.notes.extend(loaded.notes)
+    w, h = image.size
+    rep.size = [w, h]
+    rgb = np.asarray(image)
+    faces = detector.detect(rgb)
+    rep.faces = len(faces)
+    face = choose_face(faces, w, h)
+    if face is None:
+        if cfg.no_face == "skip":
+            rep.reason = "no face found"
+            return rep, None
+        box = center_crop_box(w, h)
+        rep.notes.append("no face found: centre crop")
+    else:
+        box = face_crop_box(face, w, h, cfg.margin)
+        rep.face = {
+            "x": round(face.x, 1),
+            "y": round(face.y, 1),
+            "w": round(face.w, 1),
+            "h": round(face.h, 1),
+            "kind": face.kind,
+            "fraction": round(face.side / box.side, 3),
+        }
+        if len(faces) > 1:
+            rep.warnings.append(f"{len(faces)} faces found; the largest (most central) one was used")
+        if face.kind != "frontal":
+            rep.notes.append(f"face found by the {face.kind} pass")
+        if box.padded:
+            rep.warnings.append("padded: the face is too close to the edge (or too large) for a square crop")
+        elif box.tight:
+            rep.notes.append(f"tight crop: the face is {face.side / box.side:.0%} of the crop side")
+    rep.crop = {
+        "left": box.left,
+        "top": box.top,
+        "side": box.side,
+        "padded": box.padded,
+        "tight": box.tight,
+        "center": face is None,
+    }
+    crop = cut_square(image, box, cfg.resolution)
+    rep.upscale = round(cfg.resolution / box.side, 3)
+    if rep.upscale > UPSCALE_WARN:
+        rep.warnings.append(
+            f"upscaled {rep.upscale:.1f}x: the face is small in this photo (a closer or larger photo trains better)"
+        )
+    rep.blur = round(sharpness(_focus_region(crop, face, box, cfg.resolution)), 1)
+    if rep.blur < cfg.blur_threshold:
+        rep.warnings.append(f"looks blurry (sharpness {rep.blur:.0f} < {cfg.blur_threshold:.0f})")
+    rep.dhash = f"{dhash(crop):016x}"
+    rep.status = "kept"
+    return rep, crop
+
+
+def _focus_region(crop: Image.Image, face: Face | None, box: CropBox, resolution: int) -> np.ndarray:
+    """The grey pixels whose sharpness matters: the face in the crop (the central half without a face)."""
+    gray = np.asarray(crop.convert("L"))
+    k = resolution / box.side
+    if face is None:
+        q = resolution // 4
+        return gray[q : resolution - q, q : resolution - q]
+    x0 = int(_clamp((face.x - box.left) * k, 0, resolution))
+    y0 = int(_clamp((face.y - box.top) * k, 0, resolution))
+    x1 = int(_clamp((face.x + face.w - box.left) * k, 0, resolution))
+    y1 = int(_clamp((face.y + face.h - box.top) * k, 0, resolution))
+    return gray[y0:y1, x0:x1]
+
+
+def _strip_path(message: str, name: str) -> str:
+    """'/abs/path/x.jpg: reason' -> 'reason' (the report already names the file)."""
+    head, sep, tail = message.partition(": ")
+    return tail if sep and head.endswith(Path(name).name) else message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# many images
+
+
+@dataclass
+class Source:
+    """One input: a display name (relative path or ``batch[3]``), a loader, and the bytes identity for the key."""
+
+    name: str
+    load: Loader
+    identity: str
+
+
+def folder_sources(folder: str | Path, cfg: CropConfig) -> list[Source]:
+    root = Path(folder)
+    files = list_images(root, recursive=cfg.recursive)
+    limit = int(cfg.max_megapixels * 1e6)
+    out = []
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        try:
+            ident = file_sha256(p)
+        except OSError as e:
+            ident = f"unreadable:{e}"
+        out.append(Source(rel, (lambda p=p: read_image(p, max_pixels=limit)), ident))
+    return out
+
+
+def array_sources(images: Sequence[np.ndarray | Image.Image], prefix: str = "batch") -> list[Source]:
+    """In-memory images (e.g. a ComfyUI IMAGE batch as uint8/float arrays ``HxWxC``) as sources."""
+    out = []
+    for i, item in enumerate(images):
+        pil = _as_pil(item)
+        ident = hashlib.sha256(pil.tobytes() + repr(pil.size).encode()).hexdigest()
+        out.append(Source(f"{prefix}[{i}]", (lambda pil=pil: LoadedImage(pil, pil.mode, "array")), ident))
+    return out
+
+
+def _as_pil(item: np.ndarray | Image.Image) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    a = np.asarray(item)
+    if a.dtype != np.uint8:
+        a = np.clip(np.nan_to_num(a.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.shape[-1] == 4:
+        return Image.fromarray(np.ascontiguousarray(a)).convert("RGBA").convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(a[..., :3]))
+
+
+@dataclass
+class CropOutcome:
+    """What :func:`build_dataset` made."""
+
+    folder: Path
+    count: int
+    key: str
+    report: dict[str, Any]
+    text: str  # the human-readable report
+    reused: bool = False
+
+    @property
+    def images(self) -> list[Path]:
+        return [self.folder / r["output"] for r in self.report["images"] if r["status"] == "kept"]
+
+
+ProgressFn = Callable[[int, int, ImageReport], None]
+
+
+def dataset_key(sources: Sequence[Source], cfg: CropConfig, detector_name: str) -> str:
+    """Identity of the dataset a run will produce: input names + bytes, options, detector and pipeline version."""
+    h = hashlib.sha256()
+    h.update(f"likeness-facecrop-v{PIPELINE_VERSION}\n{detector_name}\n".encode())
+    h.update(config_hash(cfg, exclude=("workers", "recursive")).encode())
+    for s in sources:
+        h.update(f"\n{s.name}\0{s.identity}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_dataset(
+    cfg: CropConfig,
+    *,
+    input_folder: str | Path | None = None,
+    images: Sequence[np.ndarray | Image.Image] | None = None,
+    output_root: str | Path | None = None,
+    output_folder: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    detector: FaceDetector | None = None,
+) -> CropOutcome:
+    """Face-crop a folder of photos (or in-memory images) into a dataset folder and return what was made.
+
+    The dataset goes to ``output_folder`` when given, else to ``<output_root>/likeness/datasets/<key>/``. When that
+    folder already holds the dataset of the same inputs and options, it is reused (nothing is processed again).
+    ``progress(done, total, report)`` is called after each photo, in input order; it may raise to stop (the
+    partial work is removed).
+    """
+    if (input_folder is None) == (images is None):
+        raise ConfigError("give either an input folder or images to crop (not both)")
+    if output_folder is None and output_root is None:
+        raise ConfigError("give an output folder (or an output root for a content-keyed dataset folder)")
+    sources = folder_sources(input_folder, cfg) if input_folder is not None else array_sources(images or [])
+    if not sources:
+        where = f"folder {input_folder}" if input_folder is not None else "the image batch"
+        raise DatasetError(f"{where} holds no images ({', '.join(sorted(_ext_names()))}); add your photos there")
+    detector = detector or make_detector(cfg.detector, cfg.detector_model)
+    key = dataset_key(sources, cfg, detector.name)
+    folder = Path(output_folder) if output_folder is not None else Path(output_root) / "likeness" / "datasets" / key
+    previous = _read_report(folder)
+    if previous is not None and previous.get("key") == key and _complete(folder, previous):
+        log.info("face crop: reusing %s (same photos and options)", folder)
+        return CropOutcome(folder, previous["summary"]["kept"], key, previous, format_report(previous), reused=True)
+    if folder.exists() and any(folder.iterdir()) and previous is None:
+        raise DatasetError(
+            f"output folder {folder} already holds other files; choose a new or empty folder for the dataset"
+        )
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    t0 = time.perf_counter()
+    try:
+        reports = _process_all(sources, cfg, detector, staging, progress)
+        report = _make_report(reports, cfg, key, detector.name, time.perf_counter() - t0)
+        write_json_atomic(staging / REPORT_NAME, report)
+        _install(staging, folder, previous)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    text = format_report(report, folder)
+    log.info("face crop: %s", report["summary"]["verdict"])
+    return CropOutcome(folder, report["summary"]["kept"], key, report, text)
+
+
+def _ext_names() -> set[str]:
+    from .images import IMAGE_EXTENSIONS
+
+    return {e.lstrip(".") for e in IMAGE_EXTENSIONS}
+
+
+def _workers(cfg: CropConfig) -> int:
+    return cfg.workers or max(1, min(4, os.cpu_count() or 1))
+
+
+def _process_all(
+    sources: list[Source], cfg: CropConfig, detector: FaceDetector, staging: Path, progress: ProgressFn | None
+) -> list[ImageReport]:
+    """Crop every source (in parallel threads, bounded), then keep/number/write them in input order."""
+    local = threading.local()
+    first = threading.get_ident()
+
+    def work(src: Source) -> tuple[ImageReport, Image.Image | None]:
+        # Detectors are not thread-safe: one per thread (the given one for the first).
+        det = getattr(local, "det", None)
+        if det is None:
+            det = detector if threading.get_ident() == first else make_detector(cfg.detector, cfg.detector_model)
+            local.det = det
+        return crop_one(src.name, src.load, cfg, det)
+
+    reports: list[ImageReport] = []
+    kept_hashes: list[tuple[int, str, str]] = []  # (hash, output, source)
+    total = len(sources)
+    n_workers = min(_workers(cfg), total)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="likeness-crop") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        it = iter(sources)
+        try:
+            for src in it:
+                pending.append(pool.submit(work, src))
+                if len(pending) >= 2 * n_workers:
+                    break
+            while pending:
+                rep, crop = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(work, nxt))
+                _keep(rep, crop, cfg, staging, kept_hashes)
+                reports.append(rep)
+                if progress is not None:
+                    progress(len(reports), total, rep)
+        finally:
+            for f in pending:
+                f.cancel()
+    return reports
+
+
+def _keep(rep: ImageReport, crop: Image.Image | None, cfg: CropConfig, staging: Path, kept: list) -> None:
+    if crop is None:
+        return
+    h = int(rep.dhash, 16)
+    dup = next(((out, src, d) for hh, out, src in kept if (d := hamming(h, hh)) <= cfg.duplicate_distance), None)
+    if dup is not None:
+        out, src, d = dup
+        rep.duplicate_of = out
+        if cfg.duplicates == "skip":
+            rep.status = "skipped"
+            rep.reason = f"near-duplicate of {out} ({src}, hash distance {d})"
+            return
+        rep.warnings.append(f"near-duplicate of {out} ({src}, hash distance {d})")
+    name = f"{len(kept) + 1:04d}"
+    rep.output = f"{name}.png"
+    crop.save(staging / rep.output, format="PNG", compress_level=1)
+    if cfg.captions:
+        (staging / f"{name}.txt").write_text(cfg.instance_prompt.strip() + "\n", encoding="utf-8")
+    kept.append((h, rep.output, rep.source))
+
+
+def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float) -> dict:
+    kept = [r for r in reports if r.status == "kept"]
+    serious = [r for r in kept if any(w.startswith(("upscaled", "looks blurry")) for w in r.warnings)]
+    usable = len(kept) - len(serious)
+    extra = f" (+{len(serious)} kept with quality warnings)" if serious else ""
+    if not kept:
+        verdict = f"no usable images out of {len(reports)}; DreamBooth wants {RECOMMENDED_IMAGES}+ photos of the face"
+    elif usable >= RECOMMENDED_IMAGES:
+        verdict = f"{usable} usable images{extra}: enough for DreamBooth ({RECOMMENDED_IMAGES}+)"
+    else:
+        verdict = (
+            f"{usable} usable images{extra}; DreamBooth wants {RECOMMENDED_IMAGES}+: add "
+            f"{RECOMMENDED_IMAGES - usable} more photos of the face (varied angles, light and backgrounds)"
+        )
+    return {
+        "format": "likeness-facecrop",
+        "version": PIPELINE_VERSION,
+        "key": key,
+        "detector": detector,
+        "config": {k: v for k, v in to_dict(cfg).items() if k != "workers"},
+        "seconds": round(seconds, 2),
+        "summary": {
+            "total": len(reports),
+            "kept": len(kept),
+            "usable": usable,
+            "skipped": len(reports) - len(kept),
+            "warnings": sum(len(r.warnings) for r in kept),
+            "several_faces": sum(1 for r in reports if r.faces > 1),
+            "duplicates": sum(1 for r in reports if r.duplicate_of),
+            "verdict": verdict,
+        },
+        "images": [asdict(r) for r in reports],
+    }
+
+
+def format_report(report: dict[str, Any], folder: str | Path | None = None) -> str:
+    """The report as text for people (node STRING output, CLI): summary, skipped files, warnings, verdict."""
+    s = report["summary"]
+    cfg = report["config"]
+    lines = [
+        f"Face crop: {s['kept']} of {s['total']} photos kept, {s['skipped']} skipped "
+        f"({cfg['resolution']}x{cfg['resolution']}, detector {report['detector']})",
+    ]
+    if folder is not None:
+        lines.append(f"Dataset folder: {folder}")
+    images = report["images"]
+    skipped = [r for r in images if r["status"] != "kept"]
+    if skipped:
+        lines.append("Skipped:")
+        lines += [f"  - {r['source']}: {r['reason']}" for r in skipped]
+    kept = [r for r in images if r["status"] == "kept"]
+    if kept:
+        lines.append("Kept:")
+        for r in kept:
+            face = r["face"]
+            what = f"face {face['w']:.0f}px ({face['fraction']:.0%} of crop)" if face else "centre crop (no face)"
+            lines.append(
+                f"  {r['output']}  {r['source']}: {what}, upscale {r['upscale']:.2f}x, sharpness {r['blur']:.0f}"
+            )
+    warned = [r for r in kept if r["warnings"]]
+    if warned:
+        lines.append("Warnings:")
+        for r in warned:
+            lines += [f"  - {r['source']}: {w}" for w in r["warnings"]]
+    lines.append(f"Verdict: {s['verdict']}")
+    return "\n".join(lines)
+
+
+def _read_report(folder: Path) -> dict[str, Any] | None:
+    p = folder / REPORT_NAME
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == "likeness-facecrop" else None
+
+
+def _owned_files(report: dict[str, Any]) -> list[str]:
+    names = []
+    for r in report.get("images", []):
+        out = r.get("output")
+        if r.get("status") == "kept" and out:
+            names += [out, Path(out).with_suffix(".txt").name]
+    return names + [REPORT_NAME]
+
+
+def _complete(folder: Path, report: dict[str, Any]) -> bool:
+    return all((folder / r["output"]).is_file() for r in report["images"] if r["status"] == "kept")
+
+
+def _install(staging: Path, folder: Path, previous: dict[str, Any] | None) -> None:
+    """Move the finished dataset into place: a rename when the folder is new, else replace our previous files."""
+    if not folder.exists():
+        try:
+            os.replace(staging, folder)
+            return
+        except OSError:
+            if not folder.exists():
+                raise
+            previous = _read_report(folder)  # another run made it meanwhile
+    for name in _owned_files(previous or {}):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    for item in sorted(staging.iterdir()):
+        if item.name != REPORT_NAME:
+            os.replace(item, folder / item.name)
+    os.replace(staging / REPORT_NAME, folder / REPORT_NAME)  # last: the folder counts as complete after this

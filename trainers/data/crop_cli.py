@@ -1,0 +1,49 @@
+"""``python -m trainers crop --input photos/ --output dataset/``: face-crop a folder of photos into a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..configspec import add_arguments as add_config_arguments
+from ..configspec import from_args
+from .crop import CropConfig, build_dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="FOLDER", help="folder with the subject's photos")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", metavar="FOLDER", help="dataset folder to write (new, empty or an earlier dataset)")
+    out.add_argument(
+        "--output-root",
+        metavar="FOLDER",
+        help="write to FOLDER/likeness/datasets/<key>/ (a folder named by the photos and options; reused on re-runs)",
+    )
+    parser.add_argument("--json", action="store_true", help="print report.json instead of the text report")
+    add_config_arguments(parser, CropConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_args(CropConfig, args)
+
+    def progress(done: int, n: int, rep) -> None:
+        state = rep.output or f"skipped ({rep.reason})"
+        print(f"[{done}/{n}] {rep.source}: {state}", file=sys.stderr)
+
+    outcome = build_dataset(
+        cfg,
+        input_folder=Path(args.input),
+        output_folder=Path(args.output) if args.output else None,
+        output_root=Path(args.output_root) if args.output_root else None,
+        progress=progress,
+    )
+    if args.json:
+        import json
+
+        print(json.dumps(outcome.report, indent=2))
+    else:
+        if outcome.reused:
+            print(f"(reused the dataset already made from these photos and options: {outcome.folder})")
+        print(outcome.text)
+    return 0 if outcome.count else 1
