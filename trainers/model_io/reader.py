@@ -115,28 +115,68 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
+class _InertObject:
+    """Stands in for the training bookkeeping old checkpoints pickle next to the weights (Lightning's
+    ``ModelCheckpoint`` callback state): it is created empty and keeps nothing, so no code of theirs runs."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+_INERT_GLOBALS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+)
+
+
+def _extra_safe_globals() -> list[Any]:
+    """Harmless globals that original SD .ckpt files reference besides tensors (callback stubs, numpy scalars)."""
+    extra: list[Any] = [(_InertObject, name) for name in _INERT_GLOBALS]
+    try:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core
+        for name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
+            extra.append((core.multiarray.scalar, name))
+        extra.append((np.dtype, "numpy.dtype"))
+        for code in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1"):
+            cls = type(np.dtype(code))
+            extra.append((cls, f"numpy.dtypes.{cls.__name__}"))
+    except ImportError:
+        pass
+    return extra
+
+
 def _torch_load(path: Path) -> dict[str, Any]:
     import pickle
 
     import torch
 
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # neither torch's zip container nor a pickle
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip or pickle header); "
+            "check that you picked the model file and that the download finished"
+        )
     errors: list[str] = []
     for mmap in (True, False):
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+            with torch.serialization.safe_globals(_extra_safe_globals()):
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
             return _unwrap(obj, path)
         except pickle.UnpicklingError as e:
             text = str(e)
-            if "weights_only" in text or "Unsupported global" in text or "not an allowed global" in text:
+            if "Unsupported global" in text or "GLOBAL" in text:
                 raise CheckpointError(
                     f"{path} contains Python objects besides weights, which are never unpickled (they could run "
                     "code). If you trust the file, convert it to .safetensors with a trusted tool and use that"
                 ) from e
             errors.append(text)
-        except (RuntimeError, EOFError, OSError, ValueError, struct.error) as e:
-            errors.append(str(e))
+        except Exception as e:  # anything else a non-checkpoint makes torch.load raise (KeyError, EOFError, ...)
+            errors.append(f"{type(e).__name__}: {e}")
     raise CheckpointError(
-        f"{path} is not a PyTorch checkpoint that can be read ({errors[-1].splitlines()[0][:200]}); "
+        f"{path} is not a PyTorch checkpoint that can be read ({(errors[-1].splitlines() or [''])[0][:200]}); "
         "check that it is a model file and not truncated"
     )
 
