@@ -33,8 +33,7 @@ from typing import Any
 from .. import __version__
 from ..configspec import config_hash, to_dict, validate
 from ..errors import ConfigError, LikenessError
-from ..fsutil import file_sha256, tree_sha256
-from .config import PATH_OPTIONS, RUN_OPTIONS
+from .config import RUN_OPTIONS
 from .dataset import ImageSet, Order, load_image_set, mix_seed, to_tensor
 from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
 
@@ -164,7 +163,7 @@ def weights_hash(config) -> str:
 
 
 def metadata_config(config) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(config).items() if k not in PATH_OPTIONS}
+    return {k: v for k, v in to_dict(config).items() if k not in RUN_OPTIONS}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,12 +246,12 @@ def train(
 
 
 def _base_hash(path: str) -> str:
-    p = Path(path) if path else None
-    if p is None or not p.exists():
+    """sha256 of the base model (the same value a ``ModelHandle`` carries), '' when there is no file."""
+    if not path or not Path(path).exists():
         return ""
-    if p.is_file():
-        return file_sha256(p)
-    return tree_sha256([f for f in p.rglob("*") if f.is_file()], root=p)
+    from ..model_io.export import content_hash
+
+    return content_hash(path)
 
 
 class Trainer:
@@ -762,14 +761,14 @@ def sample_images(components, prompts: list[str], cfg, device, *, stop=None, aut
     pipe.set_progress_bar_config(disable=True)
     c.unet.eval()
     c.text_encoder.eval()
+    factor = 2 ** (len(c.vae.config.block_out_channels) - 1)  # 8 for SD's VAE
     images = []
     for i, prompt in enumerate(prompts):
         if stop is not None and stop():
             break
         gen = torch.Generator().manual_seed(mix_seed(cfg.sample_seed, i))
-        latents = torch.randn(
-            (1, c.unet.config.in_channels, cfg.resolution // 8, cfg.resolution // 8), generator=gen
-        ).to(device)
+        side = cfg.resolution // factor
+        latents = torch.randn((1, c.unet.config.in_channels, side, side), generator=gen).to(device)
         with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
             out = pipe(
                 prompt,

@@ -1,0 +1,77 @@
+"""Helpers for the training-engine tests: a fixed synthetic subject, class images, configs on the tiny model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 32  # the tiny model's VAE halves the side: 32 px -> 16x16 latents
+
+
+def subject_images(folder: Path, n: int = 4, size: int = SIZE) -> Path:
+    """One subject: an orange/blue checkerboard square on grey, slightly shifted per photo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = np.full((size, size, 3), 128, np.uint8)
+        off = 2 + i % 3
+        for y in range(0, size // 2, 4):
+            for x in range(0, size // 2, 4):
+                color = (240, 140, 20) if (x + y) // 4 % 2 == 0 else (30, 60, 220)
+                a[off + y : off + y + 4, off + x : off + x + 4] = color
+        Image.fromarray(a).save(folder / f"subject_{i}.png")
+    return folder
+
+
+def class_images(folder: Path, n: int = 4, size: int = SIZE, seed: int = 0) -> Path:
+    """Class images: random coloured blocks on grey (seeded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = np.full((size, size, 3), 128, np.uint8)
+        x, y, s = rng.integers(0, size // 2, 3)
+        a[y : y + s + 4, x : x + s + 4] = rng.integers(0, 255, 3)
+        Image.fromarray(a).save(folder / f"class_{i}.png")
+    return folder
+
+
+def tiny_config(tmp: Path, **overrides):
+    from trainers.configspec import from_dict
+    from trainers.train import DreamBoothConfig
+
+    data = dict(
+        instance_data=str(tmp / "inst") if (tmp / "inst").is_dir() else str(subject_images(tmp / "inst")),
+        instance_prompt="a photo of sks shape",
+        class_data=None,
+        class_prompt="a photo of shape",
+        prior_preservation=False,
+        output=str(tmp / "out.safetensors"),
+        resolution=SIZE,
+        steps=10,
+        learning_rate=1e-3,
+        seed=7,
+        mixed_precision="fp32",
+        device="cpu",
+        optimizer="adamw",
+        gradient_checkpointing=False,
+        sample_at_end=False,
+        save_dtype="fp32",
+    )
+    data.update(overrides)
+    return from_dict(DreamBoothConfig, data)
+
+
+def fresh(components):
+    """A private copy of the shared tiny components (training changes weights in place)."""
+    return copy.deepcopy(components)
+
+
+def state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module) -> set[str]:
+    after = module.state_dict()
+    return {k for k, v in before.items() if not v.equal(after[k])}
