@@ -1,0 +1,173 @@
+"""Likeness Load Checkpoint and our exported checkpoints on a real ComfyUI server (see tests/host/)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+NODE = "LikenessLoadCheckpoint"
+
+
+def _put(folder: Path, name: str, source: Path) -> str:
+    dest = folder / name
+    if not dest.exists():
+        dest.symlink_to(source)
+    return name
+
+
+def _sample_graph(loader: dict, prefix: str, vae_from: str | None = None) -> dict:
+    """loader (node "1") -> CLIPTextEncode -> KSampler (64x64, 2 steps) -> VAEDecode -> SaveImage (node "7")."""
+    return {
+        "1": loader,
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a person", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": 7,
+                "steps": 2,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },  # fmt: skip
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": [vae_from or "1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def _likeness_loader(ckpt_name: str, **optional) -> dict:
+    return {"class_type": NODE, "inputs": {"ckpt_name": ckpt_name, **optional}}
+
+
+def _assert_image(result, size=(64, 64)) -> Path:
+    from PIL import Image
+
+    (path,) = result.images("7")
+    with Image.open(path) as im:
+        assert im.size == size
+    return path
+
+
+def test_node_is_registered_with_tooltips(comfy_host):
+    info = comfy_host.object_info(NODE)
+    assert info["category"] == "Likeness/loaders"
+    assert info["display_name"] == "Likeness Load Checkpoint"
+    assert info["output"] == ["MODEL", "CLIP", "VAE", "LIKENESS_MODEL"]
+    assert info.get("description")
+    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+    assert set(inputs) == {"ckpt_name", "vae_name", "ema"}
+    for name, spec in inputs.items():
+        assert len(spec) > 1 and spec[1].get("tooltip"), f"input {name} has no tooltip"
+
+
+def test_loads_and_samples_in_the_same_graph(comfy_host, comfy_tiny_checkpoint):
+    name = _put(comfy_host.checkpoints_dir, "likeness_tiny.safetensors", comfy_tiny_checkpoint)
+    assert name in comfy_host.object_info(NODE)["input"]["required"]["ckpt_name"][0]
+    log_start = len(comfy_host.log_text())
+    result = comfy_host.run(_sample_graph(_likeness_loader(name), "likeness_loader"), timeout=240).check()
+    _assert_image(result)
+    _assert_loaded_completely(comfy_host.log_text()[log_start:])
+    assert result.events("progress"), "KSampler reported no progress"
+
+
+def test_ckpt_and_separate_vae_reach_the_host_safely(comfy_host, comfy_tiny_checkpoint, tmp_path):
+    """A .ckpt (nested state_dict) is loaded through a safetensors copy; a VAE from models/vae replaces its own."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(comfy_tiny_checkpoint))
+    ckpt = comfy_host.checkpoints_dir / "likeness_tiny_old.ckpt"
+    if not ckpt.exists():
+        torch.save({"state_dict": sd, "global_step": 10}, ckpt)
+    vae = comfy_host.vae_dir / "likeness_tiny_vae.safetensors"
+    if not vae.exists():
+        vae_sd = {k.removeprefix("first_stage_model."): v for k, v in sd.items() if k.startswith("first_stage_model.")}
+        save_file(vae_sd, str(vae))
+    del sd
+    loader = _likeness_loader(ckpt.name, vae_name=vae.name, ema="auto")
+    result = comfy_host.run(_sample_graph(loader, "likeness_ckpt_vae"), timeout=240).check()
+    _assert_image(result)
+    copies = list((comfy_host.likeness_cache / "host_files").glob("*.safetensors"))
+    assert copies, "the .ckpt did not go through a normalized safetensors copy"
+
+
+def test_refused_checkpoint_fails_with_our_message(comfy_host):
+    import torch
+    from safetensors.torch import save_file
+
+    path = comfy_host.checkpoints_dir / "likeness_sdxl_shaped.safetensors"
+    if not path.exists():
+        save_file(
+            {
+                "conditioner.embedders.1.model.ln_final.weight": torch.zeros(8),
+                "model.diffusion_model.label_emb.0.0.weight": torch.zeros(8, 8),
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+            },
+            str(path),
+        )
+    result = comfy_host.run(_sample_graph(_likeness_loader(path.name), "likeness_refused"), timeout=120)
+    assert result.status == "error"
+    assert result.error_info["node_type"] == NODE
+    assert "CheckpointError" in result.error_info["exception_type"]
+    assert "SDXL" in result.error and "SD1.5-based checkpoint" in result.error
+    assert path.name in result.error
+
+
+def test_malicious_ckpt_never_runs_its_payload(comfy_host, tmp_path):
+    import torch
+
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = comfy_host.checkpoints_dir / "likeness_evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, "x": Payload()}, path)
+    assert not marker.exists()
+    result = comfy_host.run(_sample_graph(_likeness_loader(path.name), "likeness_evil"), timeout=120)
+    assert result.status == "error" and result.error_info["node_type"] == NODE
+    assert "never unpickled" in result.error
+    assert not marker.exists(), "the pickle payload ran inside ComfyUI"
+
+
+def test_exported_checkpoint_loads_in_core_loader(comfy_host, comfy_tiny_checkpoint):
+    """save_single_file's output is an ordinary checkpoint for ComfyUI's CheckpointLoaderSimple."""
+    from trainers.model_io import load_components, save_single_file
+    from trainers.tiny import tiny_tokenizer
+
+    dest = comfy_host.checkpoints_dir / "likeness_exported.safetensors"
+    if not dest.exists():
+        components = load_components(comfy_tiny_checkpoint, tokenizer=tiny_tokenizer())
+        save_single_file(components, dest, dtype="fp16", metadata={"likeness.test": "export"})
+        del components
+    loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": dest.name}}
+    log_start = len(comfy_host.log_text())
+    result = comfy_host.run(_sample_graph(loader, "likeness_exported"), timeout=240).check()
+    _assert_image(result)
+    _assert_loaded_completely(comfy_host.log_text()[log_start:])
+
+
+# ComfyUI's CLIP-L has two weights SD1.x files never carry (it logs "clip missing" for every SD1.5 checkpoint).
+_CLIP_NEVER_IN_SD1 = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"}
+
+
+def _assert_loaded_completely(log: str) -> None:
+    """ComfyUI warns (and carries on) when text encoder or VAE weights are missing from a checkpoint."""
+    for line in log.splitlines():
+        if line.startswith("clip missing:"):
+            missing = set(ast.literal_eval(line.split(":", 1)[1].strip()))
+            assert missing <= _CLIP_NEVER_IN_SD1, f"ComfyUI: {line}"
+    for warning in ("no CLIP/text encoder weights", "Missing VAE keys"):
+        assert warning not in log, f"ComfyUI: {warning!r} while loading the checkpoint"
