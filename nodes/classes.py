@@ -1,4 +1,191 @@
-"""(placeholder: filled in by its issue)"""
+"""Likeness Generate Class Images: the prior-preservation set, made from the user's own checkpoint and reused.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+The node turns its inputs into a :class:`ClassImagesConfig` and calls ``trainers.classgen``: it checks the class
+folder first (no model is loaded when the set is already there), generates only the missing images inside
+``bridge.gpu_session`` with a per-image progress bar and Cancel, or stores a connected IMAGE batch as the set.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import bridge
+
+log = logging.getLogger("likeness")
+
+TITLE = "Generate Class Images"
+PREVIEW_COUNT = 4
+SEED_INPUT = "class_seed"  # not "seed": the page would add a "randomize after queue" control and defeat reuse
+DEFAULT_PROMPT = "a photo of a person"
+_MAIN = ("class_prompt", "negative_prompt", "count", "resolution", "steps", "cfg", "sampler", "seed", "batch_size")
+
+
+def _classgen():
+    from ..trainers import classgen
+
+    return classgen
+
+
+def _node_inputs(cls) -> dict[str, Any]:
+    from .inputs import comfy_inputs
+
+    main = comfy_inputs(cls, names=list(_MAIN), class_prompt=DEFAULT_PROMPT)
+    return {(SEED_INPUT if k == "seed" else k): v for k, v in main.items()}
+
+
+def _options(values: dict[str, Any]) -> dict[str, Any]:
+    """Node kwargs -> config option names (our seed input has its own name)."""
+    out = dict(values)
+    if SEED_INPUT in out:
+        out["seed"] = out.pop(SEED_INPUT)
+    return out
+
+
+def _config(values: dict[str, Any]):
+    from .inputs import config_from_inputs
+
+    return config_from_inputs(_classgen().ClassImagesConfig, _options(values), TITLE)
+
+
+def _ui_images(files: list[Path]) -> list[dict[str, str]]:
+    """The first images as the page's output thumbnails (only when they are inside ComfyUI's output folder)."""
+    try:
+        root = bridge.output_dir().resolve()
+    except Exception:  # noqa: BLE001 - thumbnails are a nicety
+        return []
+    out = []
+    for p in files[:PREVIEW_COUNT]:
+        p = p.resolve()
+        if root not in p.parents:
+            return []
+        out.append({"filename": p.name, "subfolder": p.parent.relative_to(root).as_posix(), "type": "output"})
+    return out
+
+
+class LikenessGenerateClassImages:
+    DESCRIPTION = (
+        "Makes the class images for prior preservation (e.g. 200 of 'a photo of woman face') with your own "
+        "checkpoint, so DreamBooth/LoRA training keeps what the class looks like while it learns your subject. "
+        "The set is saved under output/likeness/class_images/ in a folder named after the model and the settings "
+        "and reused: queuing again makes nothing, a higher count makes only the missing images, and a cancelled "
+        "run continues where it stopped (image k is always the same image). Connect an IMAGE batch to use images "
+        "made by any other graph as the class set instead."
+    )
+    RETURN_TYPES = ("LIKENESS_DATASET", "IMAGE")
+    RETURN_NAMES = ("class_dataset", "preview")
+    OUTPUT_TOOLTIPS = (
+        "The class image set (folder, class prompt, count) for the class input of the DreamBooth / LoRA nodes.",
+        f"The first {PREVIEW_COUNT} class images, for a Preview Image node.",
+    )
+    FUNCTION = "generate"
+    CATEGORY = "Likeness/dataset"
+    OUTPUT_NODE = True  # pre-generating the set is a useful step on its own
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        from .inputs import comfy_inputs
+
+        cfg_cls = _classgen().ClassImagesConfig
+        required = {
+            "model": (
+                "LIKENESS_MODEL",
+                {"tooltip": "The checkpoint to generate with (from Likeness Load Checkpoint): the one you train."},
+            ),
+            **_node_inputs(cfg_cls),
+        }
+        optional = {
+            "images": (
+                "IMAGE",
+                {
+                    "tooltip": "Optional: an IMAGE batch made by any graph (e.g. KSampler with your favourite "
+                    "sampler) to save as the class set instead of generating; count, steps and sampler are then "
+                    "not used."
+                },
+            ),
+            **comfy_inputs(cfg_cls, advanced=True),
+        }
+        return {"required": required, "optional": optional, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(
+        cls, class_prompt, negative_prompt, count, resolution, steps, cfg, sampler, class_seed, batch_size
+    ):
+        """Refuse bad settings when the prompt is queued, before anything runs (linked inputs are checked later)."""
+        from ..trainers.errors import ConfigError
+
+        values = {
+            "class_prompt": class_prompt,
+            "negative_prompt": negative_prompt,
+            "count": count,
+            "resolution": resolution,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler": sampler,
+            SEED_INPUT: class_seed,
+            "batch_size": batch_size,
+        }
+        known = {k: v for k, v in values.items() if v is not None}  # None: fed by a link, not known yet
+        if "class_prompt" not in known:
+            known["class_prompt"] = DEFAULT_PROMPT
+        try:
+            _config(known)
+        except ConfigError as e:
+            return str(e)
+        return True
+
+    def generate(self, model: Any, images: Any = None, unique_id: str | None = None, **values: Any):
+        cg = _classgen()
+        config = _config(values)  # validated: bad settings fail here, before any work
+        output_root = bridge.output_dir()
+        if images is not None:
+            result = cg.save_image_batch(images, config, output_root=output_root)
+        else:
+            if not hasattr(model, "content_hash"):
+                from ..trainers.errors import ConfigError
+
+                raise ConfigError(f"{TITLE}: connect 'model' to the likeness_model output of Likeness Load Checkpoint")
+            plan = cg.plan_class_set(config, cg.model_key_of(model), output_root)
+            if plan.complete:
+                result = cg.generate_class_images(config, model=model, output_root=output_root)
+            else:
+                result = self._generate(cg, config, model, plan, output_root, unique_id)
+        handle = result.dataset_handle()
+        preview = cg.load_preview(result.files, PREVIEW_COUNT)
+        ui = {
+            "images": _ui_images(result.files),
+            "likeness_classes": [
+                {
+                    "folder": str(result.folder),
+                    "key": result.key,
+                    "count": result.count,
+                    "generated": result.generated,
+                    "reused": result.reused,
+                    "summary": result.summary(),
+                }
+            ],
+        }
+        return {"ui": ui, "result": (handle, preview)}
+
+    @staticmethod
+    def _generate(cg, config, model, plan, output_root: Path, unique_id: str | None):
+        bar = bridge.Progress(config.count, node_id=unique_id)
+        bar.set(len(plan.present))
+        with bridge.gpu_session("class images"):
+            result = cg.generate_class_images(
+                config,
+                model=model,
+                tokenizer=bridge.sd1_tokenizer_path(),
+                output_root=output_root,
+                device=bridge.torch_device(),
+                on_image=lambda done, total, path: bar.set(done),  # also the host's Cancel point
+                stop=bridge.stop_flag(),
+            )
+        if result.stopped:
+            bridge.raise_if_interrupted()  # ends the prompt as "interrupted"; the saved images stay
+        return result
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {"LikenessGenerateClassImages": LikenessGenerateClassImages}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"LikenessGenerateClassImages": "Likeness Generate Class Images"}

@@ -155,20 +155,19 @@ def set_key(settings: dict[str, Any]) -> str:
     return f"{slug}-{digest}"
 
 
-def model_key_of(model: Any) -> str:
-    """Identity of the weights: a ``ModelHandle``'s key, a file's / folder's content hash."""
+def model_key_of(model: Any, vae_path: str | Path | None = None) -> str:
+    """Identity of the weights: the hash of a ``ModelHandle``'s key; a file or folder gets the key its handle would
+    have (content hash, separate VAE), so the CLI and the node share class sets for the same file."""
     key = getattr(model, "key", None)
-    if isinstance(key, str) and key:
-        return hashlib.sha256(key.encode()).hexdigest()
-    p = Path(str(model))
-    if p.is_file():
-        return file_sha256(p)
-    if p.is_dir():
-        from .fsutil import tree_sha256
+    if not (isinstance(key, str) and key):
+        p = Path(str(model))
+        if not p.exists():
+            raise ConfigError(f"model {p} does not exist; give an SD1.5 .safetensors/.ckpt file or a diffusers folder")
+        from .model_io.export import content_hash
 
-        files = [q for q in p.rglob("*") if q.is_file() and q.suffix in {".safetensors", ".bin", ".json", ".txt"}]
-        return tree_sha256(files, root=p)
-    raise ConfigError(f"model {model} does not exist; give a .safetensors/.ckpt file or a diffusers folder")
+        vae = str(Path(vae_path).resolve()) if vae_path else ""
+        key = "|".join([content_hash(p), vae, "", "auto"])
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def components_key(components: Any) -> str:
@@ -402,7 +401,7 @@ class _Abandon(Exception):
     """Raised inside the pipeline's step callback when the stop flag is set: the batch is dropped unsaved."""
 
 
-def pick_device_dtype(device: str = "auto", precision: str = "auto"):
+def pick_device_dtype(device: Any = "auto", precision: str = "auto"):
     """(torch device, dtype): fp16 (or the asked bf16) on CUDA, always fp32 on CPU."""
     import torch
 
@@ -537,6 +536,7 @@ def generate_class_images(
     output_root: str | Path | None = None,
     on_image: Callable[[int, int, Path], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    device: Any = None,
 ) -> ClassImagesResult:
     """Make (or top up) the class set described by ``config`` and return what is there now.
 
@@ -545,7 +545,8 @@ def generate_class_images(
     name their weights (else their tensors are hashed). Nothing is loaded when the set is already complete.
     ``on_image(done, total, path)`` is called after each image is saved (``done`` counts reused ones too, ``total``
     is ``config.count``); ``stop()`` is polled between batches and at every denoising step, and ends the run with
-    the images saved so far (``result.stopped``). A batch cut short is dropped, never half saved.
+    the images saved so far (``result.stopped``). A batch cut short is dropped, never half saved. ``device``
+    (e.g. the host's torch device) overrides ``config.device``.
     """
     from .configspec import validate
 
@@ -555,7 +556,7 @@ def generate_class_images(
     if components is None and not model:
         raise ConfigError("no model given: set option 'base_model' to an SD1.5 .safetensors/.ckpt file or folder")
     if model_key is None:
-        model_key = model_key_of(model) if components is None else components_key(components)
+        model_key = model_key_of(model, config.vae_path) if components is None else components_key(components)
     plan = plan_class_set(config, model_key, output_root)
     plan.folder.mkdir(parents=True, exist_ok=True)
     _clean_temp(plan.folder)
@@ -575,7 +576,7 @@ def generate_class_images(
         len(plan.missing),
     )
     if components is None:
-        device, dtype = pick_device_dtype(config.device, config.precision)
+        device, dtype = pick_device_dtype(config.device if device is None else device, config.precision)
         components = load_generation_components(config, model, tokenizer or config.tokenizer, device, dtype)
     pipe = build_pipeline(components, config.sampler)
     generated, stopped = 0, False

@@ -1,0 +1,103 @@
+"""Generate Class Images node without a host: inputs and tooltips, queue-time validation, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def node(pack):
+    from likeness_pack.nodes.classes import LikenessGenerateClassImages
+
+    return LikenessGenerateClassImages
+
+
+GOOD = dict(
+    class_prompt="a photo of woman face",
+    negative_prompt="",
+    count=10,
+    resolution=64,
+    steps=2,
+    cfg=7.0,
+    sampler="ddim",
+    class_seed=0,
+    batch_size=2,
+)
+
+
+def test_inputs_outputs_and_tooltips(pack, node):
+    assert pack.NODE_CLASS_MAPPINGS["LikenessGenerateClassImages"] is node
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["LikenessGenerateClassImages"] == "Likeness Generate Class Images"
+    spec = node.INPUT_TYPES()
+    req, opt = spec["required"], spec["optional"]
+    assert list(req) == ["model", *GOOD]
+    assert req["model"][0] == "LIKENESS_MODEL" and opt["images"][0] == "IMAGE"
+    assert "output_folder" in opt and "seed" not in req  # 'seed' would get a randomize-after-queue widget
+    assert req["count"][1]["default"] == 200 and req["count"][1]["min"] == 1
+    assert req["sampler"][0] == ["ddim", "euler_a"]
+    assert req["class_prompt"][1]["default"].strip()
+    for name, value in {**req, **opt}.items():
+        assert value[1].get("tooltip"), name
+    assert node.RETURN_TYPES == ("LIKENESS_DATASET", "IMAGE") and len(node.OUTPUT_TOOLTIPS) == 2
+    assert node.CATEGORY == "Likeness/dataset" and node.DESCRIPTION
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"count": 0}, "'count' is 0"),
+        ({"class_prompt": "  "}, "'class_prompt' is empty"),
+        ({"resolution": 100}, "multiple of 8"),
+        ({"sampler": "heun"}, "choose one of"),
+    ],
+)
+def test_validate_inputs_names_the_option(node, change, words):
+    assert node.VALIDATE_INPUTS(**GOOD) is True
+    answer = node.VALIDATE_INPUTS(**{**GOOD, **change})
+    assert isinstance(answer, str) and words in answer and "Generate Class Images" in answer
+
+
+def test_validate_inputs_leaves_linked_inputs_for_later(node):
+    assert node.VALIDATE_INPUTS(**{**GOOD, "class_prompt": None, "count": None}) is True
+
+
+def test_generate_refuses_bad_settings_before_touching_the_model(pack, node):
+    from likeness_pack.trainers.errors import ConfigError as PackConfigError
+
+    with pytest.raises(PackConfigError, match="'count' is 0"):
+        node().generate(model=object(), **{**GOOD, "count": 0})
+
+
+def test_cli_generates_and_reuses(tmp_path, tiny_checkpoint, capsys):
+    import torch
+
+    from trainers.cli import main
+    from trainers.tiny import tiny_tokenizer
+
+    tok = tmp_path / "tokenizer"
+    tiny_tokenizer().save_pretrained(tok)
+    config = tmp_path / "classes.toml"
+    config.write_text(
+        f'base_model = "{tiny_checkpoint}"\ntokenizer = "{tok}"\nclass_prompt = "a photo of a dog"\n'
+        "count = 2\nresolution = 32\nsteps = 2\nbatch_size = 2\n"
+    )
+    out = tmp_path / "out"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["classes", "--config", str(config), "--output-root", str(out)]) == 0
+        first = capsys.readouterr().out
+        assert "[2/2]" in first and "2 generated, 0 reused" in first
+        (folder,) = (out / "likeness" / "class_images").iterdir()
+        assert sorted(p.name for p in folder.glob("*.png")) == ["class_00000.png", "class_00001.png"]
+        assert json.loads((folder / "manifest.json").read_text())["settings"]["class_prompt"] == "a photo of a dog"
+        # a flag overrides the file: one more image, the first two reused
+        assert main(["classes", "--config", str(config), "--output-root", str(out), "--count", "3"]) == 0
+        assert "1 generated, 2 reused" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    # bad option from the command line: a clear error, exit status 2
+    assert main(["classes", "--config", str(config), "--output-root", str(out), "resolution=100"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
