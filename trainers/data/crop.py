@@ -452,7 +452,8 @@ def build_dataset(
     previous = _read_report(folder)
     if previous is not None and previous.get("key") == key and _complete(folder, previous):
         log.info("face crop: reusing %s (same photos and options)", folder)
-        return CropOutcome(folder, previous["summary"]["kept"], key, previous, format_report(previous), reused=True)
+        text = format_report(previous, folder)
+        return CropOutcome(folder, previous["summary"]["kept"], key, previous, text, reused=True)
     if folder.exists() and any(folder.iterdir()) and previous is None:
         raise DatasetError(
             f"output folder {folder} already holds other files; choose a new or empty folder for the dataset"

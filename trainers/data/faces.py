@@ -252,4 +252,7 @@ def make_detector(name: str = "auto", model_path: str | Path | None = None) -> F
             return YuNetDetector(model_path)
         except ConfigError as e:
             log.warning("face detector: %s; falling back to Haar cascades", e)
+            haar = HaarDetector()
+            haar.name += f"; YuNet model {Path(model_path).name} did not load"
+            return haar
     return HaarDetector()
