@@ -155,7 +155,7 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 def freeze_base(model: nn.Module, dtype: torch.dtype | None = None, adapter_dtype: torch.dtype = torch.float32) -> None:
     """Freeze every non-adapter parameter (optionally cast to ``dtype``); adapters trainable in ``adapter_dtype``."""
     model.requires_grad_(False)
-    if dtype is not None:
+    if dtype is not None and any(p.dtype != dtype for p in model.parameters()):
         model.to(dtype)
     for p in lora_parameters(model):
         p.data = p.data.to(adapter_dtype)

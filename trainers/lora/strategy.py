@@ -1,0 +1,239 @@
+"""The LoRA strategy for the shared training loop (see ``trainers/train/strategy.py`` for the seam).
+
+``prepare`` freezes the whole base model, keeps it in the lowest sensible precision (the compute precision on a GPU:
+fp16/bf16; fp32 on CPU, where half precision is slow), injects peft adapters (fp32, so the optimizer and the
+gradient scaler see fp32 parameters) and hands only the adapter parameters to the optimizer. A resumable state holds
+the adapter tensors only; the loop adds the optimizer, scheduler and RNG states. ``save_result`` writes the kohya
+file (and optionally the diffusers one) with kohya-style ``ss_*`` metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..train.strategy import ParamGroup, text_encoder_lr
+from . import adapters
+from .kohya import TrainingFacts, base_model_hashes, save_diffusers, save_kohya, tag_frequency, training_metadata
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def base_dtype(config) -> torch.dtype:
+    """The dtype the frozen base weights are kept in: the compute precision on a GPU, else fp32."""
+    from ..train.loop import resolve_device, resolve_precision
+
+    device = resolve_device(config)
+    precision = resolve_precision(config, device)
+    if device == "cpu":
+        return torch.float32
+    return _DTYPES.get(precision, torch.float32)
+
+
+class LoRATrain:
+    """LoRA adapters on the UNet (and the text encoder when ``train_text_encoder``); everything else frozen."""
+
+    name = "lora"
+
+    def __init__(self) -> None:
+        self.train_text_encoder = False
+        self.started_at = 0.0
+        self.unet_layers: list[str] = []
+        self.te_layers: list[str] = []
+
+    def prepare(self, components, config) -> list[ParamGroup]:
+        self.started_at = time.time()
+        self.train_text_encoder = bool(config.train_text_encoder)
+        c = components
+        for module in (c.unet, c.text_encoder, c.vae):
+            module.requires_grad_(False)
+        dtype = base_dtype(config)
+        self.unet_layers = adapters.unet_target_names(c.unet, config.lora_layers)
+        adapters.add_adapters(
+            c.unet, self.unet_layers, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout
+        )
+        adapters.freeze_base(c.unet, dtype)
+        groups: list[ParamGroup] = [
+            {"name": "unet", "params": adapters.lora_parameters(c.unet), "lr": config.learning_rate}
+        ]
+        if self.train_text_encoder:
+            self.te_layers = adapters.text_encoder_target_names(c.text_encoder, config.lora_layers)
+            adapters.add_adapters(
+                c.text_encoder,
+                self.te_layers,
+                rank=config.lora_rank,
+                alpha=config.lora_alpha,
+                dropout=config.lora_dropout,
+            )
+            adapters.freeze_base(c.text_encoder, dtype)
+            groups.append(
+                {
+                    "name": "text_encoder",
+                    "params": adapters.lora_parameters(c.text_encoder),
+                    "lr": text_encoder_lr(config),
+                }
+            )
+        elif dtype != torch.float32:
+            c.text_encoder.to(dtype)
+        n = sum(p.numel() for g in groups for p in g["params"])
+        log.info(
+            "LoRA rank %d alpha %g on %d UNet + %d text encoder layers: %.2f M trainable parameters, base in %s",
+            config.lora_rank, config.lora_alpha, len(self.unet_layers), len(self.te_layers), n / 1e6, dtype,
+        )  # fmt: skip
+        return groups
+
+    def trainable_modules(self, components) -> dict[str, torch.nn.Module]:
+        modules = {"unet": components.unet}
+        if self.train_text_encoder:
+            modules["text_encoder"] = components.text_encoder
+        return modules
+
+    # -- resumable states: the adapter tensors only ------------------------------------------------------------
+
+    def _named(self, components) -> dict[str, torch.nn.Parameter]:
+        out = {}
+        parts = [("unet", components.unet)] + (
+            [("text_encoder", components.text_encoder)] if self.train_text_encoder else []
+        )
+        for prefix, module in parts:
+            for name, p in module.named_parameters():
+                if ".lora_A." in name or ".lora_B." in name:
+                    out[f"{prefix}.{name}"] = p
+        return out
+
+    def state_dict_for_checkpoint(self, components) -> dict[str, torch.Tensor]:
+        return {k: p.detach().float() for k, p in self._named(components).items()}
+
+    def load_state_dict_for_resume(self, components, state: dict[str, torch.Tensor]) -> None:
+        params = self._named(components)
+        if set(params) != set(state):
+            extra, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
+            raise ValueError(
+                f"the resumable state does not fit these LoRA options (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k].to(p.dtype))
+
+    # -- the result ----------------------------------------------------------------------------------------------
+
+    def weights(self, components):
+        unet = adapters.get_weights(components.unet)
+        te = adapters.get_weights(components.text_encoder) if self.train_text_encoder else {}
+        return unet, te
+
+    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path:
+        unet, te = self.weights(components)
+        md = dict(metadata)
+        md.update(training_metadata(self.facts(config, metadata, Path(path))))
+        out = save_kohya(path, unet, te, metadata=md, dtype=config.save_dtype, overwrite=bool(config.overwrite))
+        if getattr(config, "save_diffusers", False):
+            save_diffusers(
+                diffusers_path(path),
+                unet,
+                te,
+                dropout=config.lora_dropout,
+                metadata={k: v for k, v in md.items() if k.startswith("likeness.")},
+                dtype=config.save_dtype,
+                overwrite=bool(config.overwrite),
+            )
+        return out
+
+    def facts(self, config, metadata: dict[str, str], path: Path) -> TrainingFacts:
+        base = Path(config.base_model) if config.base_model else None
+        legacy, full = "", metadata.get("likeness.base_model_sha256", "")
+        if base is not None and base.is_file():
+            try:
+                legacy, full2 = base_model_hashes(base)
+                full = full or full2
+            except OSError as e:
+                log.warning("could not hash the base model %s: %s", base, e)
+        from ..train.loop import resolve_device, resolve_precision
+        from ..train.optim import resolve_optimizer
+
+        device = resolve_device(config)
+        dirs, tags, n_inst = _dataset_facts(config.instance_data, config.instance_prompt)
+        steps = int(metadata.get("likeness.steps", config.steps))
+        seen = steps * config.batch_size * config.gradient_accumulation
+        n_reg = 0
+        if config.prior_preservation and config.class_data:
+            n_reg = sum(v["img_count"] for v in _dataset_facts(config.class_data, config.class_prompt)[0].values())
+        return TrainingFacts(
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            layers=config.lora_layers,
+            train_text_encoder=self.train_text_encoder,
+            dropout=config.lora_dropout,
+            output_name=path.stem,
+            base_model_path=str(base) if base else None,
+            base_model_name=base.name if base else "",
+            base_model_hash=legacy,
+            base_model_sha256=full,
+            vae_name=Path(config.vae_path).name if config.vae_path else "",
+            steps=steps,
+            max_steps=config.steps,
+            epochs=-(-seen // n_inst) if n_inst else 0,
+            batch_size=config.batch_size,
+            gradient_accumulation=config.gradient_accumulation,
+            resolution=config.resolution,
+            learning_rate=config.learning_rate,
+            text_encoder_lr=text_encoder_lr(config),
+            lr_scheduler=config.lr_scheduler,
+            lr_warmup_steps=config.lr_warmup_steps,
+            optimizer=resolve_optimizer(config, device),
+            mixed_precision=resolve_precision(config, device),
+            seed=config.seed,
+            num_train_images=n_inst,
+            num_reg_images=n_reg,
+            prior_loss_weight=config.prior_loss_weight if config.prior_preservation else 0.0,
+            noise_offset=config.noise_offset,
+            min_snr_gamma=config.snr_gamma or None,
+            max_grad_norm=config.max_grad_norm,
+            cache_latents=config.cache_latents,
+            dataset_dirs=dirs,
+            tag_frequency=tags,
+            training_comment=config.training_comment,
+            started_at=self.started_at,
+            finished_at=time.time(),
+        )
+
+
+def diffusers_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.stem + ".diffusers.safetensors")
+
+
+def _dataset_facts(folder: str, prompt: str) -> tuple[dict, dict, int]:
+    """kohya's ``ss_dataset_dirs`` and ``ss_tag_frequency`` for a folder (captions from .txt files or the prompt)."""
+    from ..train.dataset import scan_folder
+
+    try:
+        entries = scan_folder(folder, "dataset")
+    except Exception as e:  # noqa: BLE001 - metadata must never fail a finished run
+        log.debug("no dataset facts for %s: %s", folder, e)
+        return {}, {}, 0
+    root = Path(folder)
+    dirs: dict[str, dict[str, int]] = {}
+    captions: dict[str, list[str]] = {}
+    total = 0
+    for path, repeats in entries:
+        key = path.parent.name if path.parent != root else root.name
+        d = dirs.setdefault(key, {"n_repeats": repeats, "img_count": 0})
+        d["img_count"] += 1
+        total += repeats
+        cap_file = path.with_suffix(".txt")
+        text = cap_file.read_text(encoding="utf-8", errors="replace").strip() if cap_file.is_file() else ""
+        captions.setdefault(key, []).append(text or prompt)
+    return dirs, tag_frequency(captions), total
+
+
+def metadata_summary(md: dict[str, str]) -> str:
+    """A short human summary of a LoRA header (for logs and node reports)."""
+    keys = ("ss_output_name", "ss_network_dim", "ss_network_alpha", "ss_steps", "ss_sd_model_name")
+    return json.dumps({k: md.get(k) for k in keys})
