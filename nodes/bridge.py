@@ -282,10 +282,13 @@ def sd1_tokenizer_path() -> str:
     """The SD1 CLIP tokenizer that ships inside ComfyUI (``comfy/sd1_tokenizer``); use model_max_length=77."""
     import comfy
 
-    path = Path(comfy.__file__).resolve().parent / "sd1_tokenizer"
-    if not (path / "vocab.json").is_file():
-        raise FileNotFoundError(f"ComfyUI's SD1 tokenizer was not found at {path}")
-    return str(path)
+    # ``comfy`` is a namespace package on some hosts (no __init__.py, ``__file__`` is None): use its __path__.
+    roots = [Path(p) for p in getattr(comfy, "__path__", [])] or [Path(comfy.__file__).parent]
+    for root in roots:
+        path = root.resolve() / "sd1_tokenizer"
+        if (path / "vocab.json").is_file():
+            return str(path)
+    raise FileNotFoundError(f"ComfyUI's SD1 tokenizer was not found in {', '.join(map(str, roots))}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
