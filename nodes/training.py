@@ -174,6 +174,12 @@ def _options_only(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class LikenessDreamBoothTrain:
+    # What a subclass (e.g. the LoRA node) changes: config class, main options, result folder and kind.
+    CONFIG_CLASS: type = DreamBoothConfig
+    OPTION_NAMES: list[str] = MAIN_OPTIONS
+    MODEL_FOLDER = "checkpoints"
+    KIND = "dreambooth"
+    TITLE = "Likeness DreamBooth Train"
     DESCRIPTION = (
         "DreamBooth: fine-tunes the whole SD1.5 UNet (and the text encoder) on photos of one subject, with prior "
         "preservation when class images are connected, and saves one .safetensors checkpoint in "
@@ -183,6 +189,7 @@ class LikenessDreamBoothTrain:
     )
     CATEGORY = "Likeness/training"
     FUNCTION = "train"
+    OUTPUT_NODE = True  # training is the point: it runs (and shows its samples) even with nothing connected
     RETURN_TYPES = ("LIKENESS_TRAINED", "IMAGE", "IMAGE")
     RETURN_NAMES = ("trained", "loss_curve", "samples")
     OUTPUT_TOOLTIPS = (
@@ -193,7 +200,7 @@ class LikenessDreamBoothTrain:
 
     @classmethod
     def INPUT_TYPES(cls):
-        main = comfy_inputs(DreamBoothConfig, MAIN_OPTIONS)
+        main = comfy_inputs(cls.CONFIG_CLASS, cls.OPTION_NAMES)
         main["instance_prompt"] = (
             "STRING",
             {
@@ -207,7 +214,7 @@ class LikenessDreamBoothTrain:
                 "model": ("LIKENESS_MODEL", {"tooltip": "The base model (from Likeness Load Checkpoint)."}),
                 "output_name": (
                     "STRING",
-                    {"default": "likeness_dreambooth", "tooltip": "File name for the result (no folders)."},
+                    {"default": f"likeness_{cls.KIND}", "tooltip": "File name for the result (no folders)."},
                 ),
                 **main,
             },
@@ -243,7 +250,7 @@ class LikenessDreamBoothTrain:
     def train(self, model, output_name, unique_id=None, **inputs):
         node_id = str(unique_id or "")
         cfg, model, key, name = self.build_config(model, output_name, inputs)
-        out_dir = bridge.model_dir("checkpoints")
+        out_dir = bridge.model_dir(self.MODEL_FOLDER)
         if not inputs.get("force_retrain"):
             found = find_existing(out_dir, key)
             if found is not None:
@@ -265,7 +272,7 @@ class LikenessDreamBoothTrain:
             raise DatasetError("no subject photos: connect instance_images (Face Crop Dataset) or type instance_folder")
         cls_folder, cls_prompt = dataset_source(inputs.get("class_images"), inputs.get("class_folder", ""), "class")
         values = dict(inputs.get("options") or {})
-        values.update({k: v for k, v in inputs.items() if k in MAIN_OPTIONS})
+        values.update({k: v for k, v in inputs.items() if k in self.OPTION_NAMES})
         values["instance_prompt"] = (
             (values.get("instance_prompt") or "").strip() or inst_prompt or ("a photo of sks woman face")
         )
@@ -280,18 +287,18 @@ class LikenessDreamBoothTrain:
             instance_data=inst_folder,
             class_data=cls_folder,
             prior_preservation=cls_folder is not None,
-            output=str(bridge.model_dir("checkpoints") / f"{name}.safetensors"),
+            output=str(bridge.model_dir(self.MODEL_FOLDER) / f"{name}.safetensors"),
             device="cpu" if device.type == "cpu" else "cuda" if device.type == "cuda" else "auto",
         )
-        source = "Likeness DreamBooth Train"
-        data = {k: v for k, v in values.items() if k in configspec.spec_map(DreamBoothConfig)}
-        cfg = configspec.from_dict(DreamBoothConfig, {**data, **fixed}, source=source)
+        source = self.TITLE
+        data = {k: v for k, v in values.items() if k in configspec.spec_map(self.CONFIG_CLASS)}
+        cfg = configspec.from_dict(self.CONFIG_CLASS, {**data, **fixed}, source=source)
         from ..trainers.train.loop import plan
 
         prints = [_fingerprint(inst_folder)] + ([_fingerprint(cls_folder)] if cls_folder else [])
         key = result_key(model, cfg, prints)
         state_dir = state_root / f"{name}-{key[:16]}"
-        cfg = configspec.from_dict(DreamBoothConfig, {"state_dir": str(state_dir)}, source=source, base=cfg)
+        cfg = configspec.from_dict(self.CONFIG_CLASS, {"state_dir": str(state_dir)}, source=source, base=cfg)
         plan(cfg)  # every check (images readable, prompts, resolution...) before anything heavy
         return cfg, model, key, name
 
@@ -309,15 +316,15 @@ class LikenessDreamBoothTrain:
             shutil.rmtree(state_dir, ignore_errors=True)
         resume = "latest" if list_states(state_dir) else None
         cfg = configspec.from_dict(
-            DreamBoothConfig,
+            self.CONFIG_CLASS,
             {"output": str(output), "resume_from": resume},
-            source="Likeness DreamBooth Train",
+            source=self.TITLE,
             base=cfg,
         )
         callbacks = _NodeCallbacks(node_id, cfg.steps, name)
-        bridge.send_event("start", {"node_id": node_id, "kind": "dreambooth", "total": cfg.steps, "name": output.stem})
+        bridge.send_event("start", {"node_id": node_id, "kind": self.KIND, "total": cfg.steps, "name": output.stem})
         try:
-            with bridge.gpu_session("DreamBooth training"):
+            with bridge.gpu_session(f"{self.TITLE} training"):
                 components = load_components(model, tokenizer=bridge.sd1_tokenizer_path())
                 outcome = train(
                     cfg, components=components, callbacks=callbacks, stop=callbacks.stop, base_hash=model.content_hash
@@ -337,7 +344,7 @@ class LikenessDreamBoothTrain:
         sidecar = {
             "key": key,
             "file": output.name,
-            "kind": "dreambooth",
+            "kind": self.KIND,
             "metadata": outcome.metadata,
             "losses": outcome.losses,
             "losses_prior": outcome.losses_prior,
@@ -360,7 +367,7 @@ class LikenessDreamBoothTrain:
 
         from ..trainers.train.report import loss_curve_image
 
-        result = TrainedResult(kind="dreambooth", path=str(path), base=model, metadata=dict(metadata))
+        result = TrainedResult(kind=self.KIND, path=str(path), base=model, metadata=dict(metadata))
         curve = pil_to_image_tensor([loss_curve_image(list(losses), list(prior), title=f"loss: {path.name}")])
         images = pil_to_image_tensor(samples) if samples else pil_to_image_tensor([Image.new("RGB", (64, 64))])
         ui = {"images": files} if files else {}
