@@ -491,14 +491,19 @@ def _process_all(
 ) -> list[ImageReport]:
     """Crop every source (in parallel threads, bounded), then keep/number/write them in input order."""
     local = threading.local()
-    first = threading.get_ident()
+    fresh = getattr(detector, "fresh", None)
+    shared = threading.Lock()
 
     def work(src: Source) -> tuple[ImageReport, Image.Image | None]:
-        # Detectors are not thread-safe: one per thread (the given one for the first).
+        # Detectors are not thread-safe: one per worker thread, or the given one shared under a lock when a custom
+        # detector cannot make a copy of itself.
         det = getattr(local, "det", None)
         if det is None:
-            det = detector if threading.get_ident() == first else make_detector(cfg.detector, cfg.detector_model)
+            det = detector if fresh is None else fresh()
             local.det = det
+        if fresh is None:
+            with shared:
+                return crop_one(src.name, src.load, cfg, det)
         return crop_one(src.name, src.load, cfg, det)
 
     reports: list[ImageReport] = []

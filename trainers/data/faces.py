@@ -63,6 +63,10 @@ class FaceDetector(Protocol):
         """Faces in an ``HxWx3`` uint8 RGB array, largest first."""
         ...
 
+    def fresh(self) -> FaceDetector:
+        """An equivalent detector to use in another thread."""
+        ...
+
 
 def _cv2():
     import cv2
@@ -99,6 +103,14 @@ class HaarDetector:
         profile: bool = True,
         pad: float = 0.25,
     ):
+        self._kwargs = dict(
+            max_side=max_side,
+            min_face=min_face,
+            min_neighbors=min_neighbors,
+            scale_factor=scale_factor,
+            profile=profile,
+            pad=pad,
+        )
         cv2 = _cv2()
         root = Path(cv2.data.haarcascades)
         self._frontal = self._load(cv2, root / "haarcascade_frontalface_alt2.xml")
@@ -109,6 +121,12 @@ class HaarDetector:
         self.scale_factor = scale_factor
         self.pad = pad
         self.name = "haar (frontal + profile)" if profile else "haar (frontal)"
+
+    def fresh(self) -> HaarDetector:
+        """An equivalent detector for another thread (OpenCV classifiers are not shared between threads)."""
+        other = HaarDetector(**self._kwargs)
+        other.name = self.name
+        return other
 
     @staticmethod
     def _load(cv2, path: Path):
@@ -180,7 +198,12 @@ class YuNetDetector:
         except cv2.error as e:
             raise ConfigError(f"YuNet model {path} cannot be loaded by OpenCV ({e}); use detector 'haar'") from None
         self.max_side = max_side
+        self._args = (path, score_threshold, max_side)
         self.name = f"yunet ({path.name})"
+
+    def fresh(self) -> YuNetDetector:
+        path, score, max_side = self._args
+        return YuNetDetector(path, score_threshold=score, max_side=max_side)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         cv2 = _cv2()
