@@ -174,13 +174,16 @@ def test_nested_state_dict_ckpt(ldm, tiny_components, tmp_path):
     assert comps.info["variant"] == "sd1"
 
 
-def test_keys_without_text_model_and_schedule_buffers(ldm, tmp_path):
+def test_keys_without_text_model_and_extra_buffers(ldm, tmp_path):
     sd = {}
     for k, v in ldm.items():
         sd[k.replace(TEXT_PREFIX + "text_model.", TEXT_PREFIX)] = v
     sd["alphas_cumprod"] = torch.linspace(1, 0, 1000)
     sd["betas"] = torch.linspace(0, 1, 1000)
     sd[TEXT_PREFIX + "embeddings.position_ids"] = torch.arange(77.0).unsqueeze(0)  # a float (broken) copy
+    sd[TEXT_PREFIX + "text_projection.weight"] = torch.eye(32)  # other tools keep CLIP's unused projection
+    sd["cond_stage_model.logit_scale"] = torch.tensor(4.6)
+    sd[VAE_PREFIX + "loss.logvar"] = torch.zeros(())  # the VAE's training loss state in old files
     path = tmp_path / "no_text_model.safetensors"
     save_file(sd, str(path))
     ckpt = read_checkpoint(path)

@@ -146,3 +146,22 @@ def test_bundled_configs_are_a_diffusers_pipeline_config():
     assert UNet2DConditionModel.load_config(str(CONFIG_DIR), subfolder="unet")["cross_attention_dim"] == 768
     sched = PNDMScheduler.from_pretrained(str(CONFIG_DIR), subfolder="scheduler")
     assert sched.config.beta_schedule == "scaled_linear" and sched.config.prediction_type == "epsilon"
+
+
+def test_comfy_tiny_checkpoint_has_sd15_shapes(comfy_tiny_checkpoint):
+    """The host-test model: what ComfyUI needs to call it SD1.5 (320 channels, context 768), real VAE and CLIP-L."""
+    from safetensors import safe_open
+
+    from trainers.model_io import inspect_checkpoint
+
+    info = inspect_checkpoint(comfy_tiny_checkpoint)
+    assert info["variant"] == "sd1" and info["dtype"] == "fp16"
+    with safe_open(str(comfy_tiny_checkpoint), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    assert shapes[UNET_PREFIX + "input_blocks.0.0.weight"] == (320, 4, 3, 3)
+    assert shapes[UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] == (320, 768)
+    assert not any(k.startswith(UNET_PREFIX + "input_blocks.2.") for k in shapes)  # one level, one res block
+    ref = _reference()
+    for prefix in (VAE_PREFIX, TEXT_PREFIX):  # VAE and text encoder: exactly SD1.5's
+        ours = {k: v for k, v in shapes.items() if k.startswith(prefix) and not k.endswith("position_ids")}
+        assert ours == {k: v for k, v in ref.items() if k.startswith(prefix)}

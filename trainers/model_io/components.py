@@ -158,7 +158,7 @@ def _empty(cls_or_factory, *args):
         return cls_or_factory(*args)
 
 
-def _load_into(model, table: KeyTable, ldm_sd: dict[str, Any], what: str, path: Any, dtype):
+def _load_into(model, table: KeyTable, ldm_sd: dict[str, Any], what: str, path: Any, dtype, consume: bool = False):
     expected = table.ldm_keys()
     present = {k for k in ldm_sd if k in expected}
     missing = sorted(expected - present)
@@ -173,7 +173,7 @@ def _load_into(model, table: KeyTable, ldm_sd: dict[str, Any], what: str, path: 
         raise CheckpointError(f"{path}: the {what} has {len(extra)} unexpected weights, e.g. {extra[:3]}")
     state = {}
     for diff_key, ldm_key in table.to_ldm.items():
-        t = to_diffusers_tensor(table, diff_key, ldm_sd[ldm_key])
+        t = to_diffusers_tensor(table, diff_key, ldm_sd.pop(ldm_key) if consume else ldm_sd[ldm_key])
         state[diff_key] = t.to(dtype) if t.is_floating_point() else t
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -213,35 +213,41 @@ def make_noise_scheduler(config: dict[str, Any] | None = None):
 
 
 def components_from_ldm(
-    sd: dict[str, Any], *, metadata: dict[str, str] | None = None, dtype=None, path: Any = "<state dict>"
+    sd: dict[str, Any],
+    *,
+    metadata: dict[str, str] | None = None,
+    dtype=None,
+    path: Any = "<state dict>",
+    consume: bool = False,
 ):
-    """(unet, vae, text_encoder, configs) from a full LDM-layout SD1 state dict."""
+    """(unet, vae, text_encoder, configs) from a full LDM-layout SD1 state dict; ``consume`` empties ``sd`` as the
+    components are filled (lower peak memory)."""
     import torch
 
     dtype = dtype or torch.float32
     hints = _configs_from_metadata(metadata or {})
-    unet, ucfg = unet_from_ldm(sd, hints.get("unet"), dtype, path)
-    vae, vcfg = vae_from_ldm(sd, hints.get("vae"), dtype, path)
-    te, tcfg = text_encoder_from_ldm(sd, hints.get("text_encoder"), dtype, path)
+    unet, ucfg = unet_from_ldm(sd, hints.get("unet"), dtype, path, consume)
+    vae, vcfg = vae_from_ldm(sd, hints.get("vae"), dtype, path, consume)
+    te, tcfg = text_encoder_from_ldm(sd, hints.get("text_encoder"), dtype, path, consume)
     return unet, vae, te, {"unet": ucfg, "vae": vcfg, "text_encoder": tcfg}
 
 
-def unet_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any):
+def unet_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any, consume: bool = False):
     cfg = infer_unet_config(sd, hint)
     model = build_unet(cfg)
-    return _load_into(model, unet_table(cfg, model.state_dict().keys()), sd, "UNet", path, dtype), cfg
+    return _load_into(model, unet_table(cfg, model.state_dict().keys()), sd, "UNet", path, dtype, consume), cfg
 
 
-def vae_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any):
+def vae_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any, consume: bool = False):
     cfg = infer_vae_config(sd, hint)
     model = build_vae(cfg)
-    return _load_into(model, vae_table(cfg, model.state_dict().keys()), sd, "VAE", path, dtype), cfg
+    return _load_into(model, vae_table(cfg, model.state_dict().keys()), sd, "VAE", path, dtype, consume), cfg
 
 
-def text_encoder_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any):
+def text_encoder_from_ldm(sd: dict[str, Any], hint: dict[str, Any] | None, dtype, path: Any, consume: bool = False):
     cfg = infer_text_config(sd, hint)
     model = build_text_encoder(cfg)
-    return _load_into(model, text_table(model.state_dict().keys()), sd, "text encoder", path, dtype), cfg
+    return _load_into(model, text_table(model.state_dict().keys()), sd, "text encoder", path, dtype, consume), cfg
 
 
 def ldm_tables(components: Components) -> dict[str, KeyTable]:
@@ -380,9 +386,8 @@ def load_components(source: Any, *, tokenizer: Any = None, dtype=None, device: A
         tok = _resolve_tokenizer(tokenizer, None)
         ckpt = read_checkpoint(path, ema=ema, vae_path=vae_path, base_path=base_path)
         unet, vae, te, configs = components_from_ldm(
-            ckpt.state_dict, metadata=ckpt.info.get("metadata"), dtype=dtype, path=path
+            ckpt.state_dict, metadata=ckpt.info.get("metadata"), dtype=dtype, path=path, consume=True
         )
-        del ckpt.state_dict
         sched_cfg = None
         info = {k: v for k, v in ckpt.info.items() if k != "metadata"}
         info["configs"] = configs

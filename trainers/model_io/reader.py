@@ -44,7 +44,8 @@ _IGNORED_TOP = {
     "model_ema.decay",
     "model_ema.num_updates",
 }
-_IGNORED_SUFFIXES = ("position_ids",)
+_IGNORED_SUFFIXES = ("position_ids", "text_projection.weight")  # CLIP-L's projection is unused by SD1
+_IGNORED_PREFIXES = (VAE_PREFIX + "loss.",)  # the VAE's training loss (LPIPS/discriminator) in old files
 
 
 @dataclass
@@ -312,7 +313,7 @@ def _split(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _is_ignored(key: str) -> bool:
-    return key in _IGNORED_TOP or key.endswith(_IGNORED_SUFFIXES)
+    return key in _IGNORED_TOP or key.endswith(_IGNORED_SUFFIXES) or key.startswith(_IGNORED_PREFIXES)
 
 
 def read_vae_file(path: Path) -> dict[str, Any]:
