@@ -237,6 +237,10 @@ def test_diffusers_folder_source(tiny_components, tmp_path):
         sub = "scheduler" if name == "noise_scheduler" else name
         getattr(tiny_components, name).save_pretrained(folder / sub)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    # folders written by transformers < 5 keep the 'text_model.' level in the text encoder's keys
+    te_file = folder / "text_encoder" / "model.safetensors"
+    legacy = {"text_model." + k: v for k, v in load_file(te_file).items()}
+    save_file(legacy, str(te_file), metadata={"format": "pt"})
     comps = load_components(folder)
     for name in ("unet", "vae", "text_encoder"):
         _same_module(getattr(comps, name), getattr(tiny_components, name).state_dict())

@@ -377,14 +377,14 @@ def read_checkpoint(
         parts = _split(sd)
         sources = {name: str(p) for name in ("unet", "vae", "text_encoder") if parts[name]}
         info = {}
+    if check:  # names what the file is (SDXL, LoRA, ...) when it is not SD1
+        detect_architecture({**parts["unet"], **parts["vae"], **parts["text_encoder"], **parts["other"]}, p)
     if not parts["unet"]:
         raise CheckpointError(
             f"{p} has no SD UNet ('model.diffusion_model.*' keys); found e.g. {sorted(sd)[:3]}. "
             "It is not an SD1.x checkpoint (a LoRA, embedding or VAE file?)"
         )
     dropped = [k for k in parts["other"] if not _is_ignored(k) and not k.startswith(EMA_PREFIX)]
-    if check:
-        detect_architecture({**parts["unet"], **parts["vae"], **parts["text_encoder"], **parts["other"]}, p)
     if dropped:
         log.info("%s: ignoring %d keys outside the UNet/VAE/text encoder (e.g. %s)", p, len(dropped), dropped[0])
     for part in ("vae", "text_encoder"):
