@@ -72,3 +72,14 @@ def test_refused_file_exits_2_with_message(tmp_path, capsys):
     code, _, err = _main(capsys, bad)
     assert code == 2
     assert "notes.ckpt" in err and "not a PyTorch checkpoint" in err
+
+
+def test_importing_model_io_loads_no_heavy_module():
+    """Nodes may import trainers.model_io freely: torch/diffusers/transformers load only when a function runs."""
+    code = (
+        "import sys, trainers.model_io, trainers.model_io.cli, trainers.tiny; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
