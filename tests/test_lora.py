@@ -430,3 +430,52 @@ def test_stop_then_resume_matches_uninterrupted(trained, data, tmp_path):
     with pytest.raises(ConfigError, match="other options"):
         train(_config(data, tmp_path / "r2.safetensors", lora_rank=8, resume_from=str(first.state_path)),
               components=_fresh())  # fmt: skip
+
+
+def test_cli_trains_a_lora_from_a_config_file(data, tmp_path, tiny_checkpoint):
+    """``python -m trainers lora --config file.toml``: a kohya LoRA with the base model's hashes in its header."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from trainers.tiny import tiny_tokenizer
+
+    tok = tmp_path / "tokenizer"
+    tiny_tokenizer().save_pretrained(str(tok))
+    out = tmp_path / "cli.safetensors"
+    cfg = tmp_path / "lora.toml"
+    cfg.write_text(
+        "\n".join([
+            f'base_model = "{tiny_checkpoint}"',
+            f'tokenizer = "{tok}"',
+            f'instance_data = "{data / "instance"}"',
+            'instance_prompt = "a photo of sks shape"',
+            "prior_preservation = false",
+            "steps = 2",
+            "resolution = 32",
+            "lora_rank = 2",
+            "lora_alpha = 1.0",
+            "sample_prompts = []",
+            "gradient_checkpointing = false",
+            'device = "cpu"',
+        ])
+    )  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "trainers", "lora", "--config", str(cfg), f"output={out}", "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    f = K.read_kohya(out)
+    assert f.metadata["ss_network_dim"] == "2" and f.metadata["ss_network_alpha"] == "1.0"
+    legacy, full = K.base_model_hashes(tiny_checkpoint)
+    assert f.metadata["ss_sd_model_hash"] == legacy and f.metadata["ss_new_sd_model_hash"] == full
+    assert f.metadata["ss_sd_model_name"] == Path(tiny_checkpoint).name
+    assert all(w.down.dtype == torch.float16 for w in f.layers.values())  # fp16 by default
+    # bad options are refused with the option named, before training
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainers", "lora", "--config", str(cfg), f"output={tmp_path / 'b.safetensors'}",
+         "lora_layers=everything"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "lora_layers" in bad.stderr

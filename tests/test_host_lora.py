@@ -1,0 +1,269 @@
+"""Likeness LoRA Train / Extract LoRA on a real ComfyUI server (see tests/host/), and the saved LoRA in ComfyUI's
+core LoraLoader: every key loaded (no "lora key not loaded"), one patch per adapted layer with the right size
+(alpha/rank), output changed at strength 1 and unchanged at strength 0. Cancel, resume and bad inputs on the node.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from train_helpers import class_images, subject_images
+
+pytestmark = pytest.mark.host
+
+NODE = "LikenessLoRATrain"
+BASE = "likeness_lora_base.safetensors"
+RES = 64
+RANK, ALPHA = 4, 2.0
+
+# Run with the host's own Python: ComfyUI's LoRA loading (the functions LoraLoader calls) on a checkpoint + LoRA,
+# then ComfyUI's own weight-patch maths per patched weight; prints what was patched and the size of each change.
+COUNT_SCRIPT = r"""
+import io, json, logging, sys
+comfy_dir, ckpt, lora_path, strength = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+sys.path.insert(0, comfy_dir)
+buf = io.StringIO()
+logging.basicConfig(stream=buf, level=logging.INFO, force=True)
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+torch.set_grad_enabled(False)
+import comfy.sd, comfy.utils
+model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+m2, c2 = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
+def changes(patcher):
+    sd = patcher.model_state_dict()
+    out = {}
+    for key, patches in patcher.patches.items():
+        w = sd[key].float().clone()
+        new = patcher.calculate_weight(patches, w.clone(), key)
+        out[key] = float((new.float() - w).norm())
+    return out
+print(json.dumps({"unet": changes(m2), "clip": changes(c2.patcher), "log": buf.getvalue()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(comfy_host, comfy_tiny_checkpoint):
+    dest = comfy_host.checkpoints_dir / BASE
+    if not dest.exists():
+        dest.symlink_to(comfy_tiny_checkpoint)
+    subject_images(comfy_host.input_dir / "lora_subject", n=3, size=RES)
+    class_images(comfy_host.input_dir / "lora_class", n=3, size=RES)
+    (comfy_host.input_dir / "lora_empty").mkdir(exist_ok=True)
+    return comfy_host
+
+
+def _defaults(host, node: str) -> dict:
+    out = {}
+    for name, spec in host.object_info(node)["input"]["required"].items():
+        kind = spec[0]
+        opts = spec[1] if len(spec) > 1 else {}
+        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
+    return out
+
+
+def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
+    loader, train, options = ids
+    opts = _defaults(host, "LikenessTrainingOptions")
+    opts.update(sample_steps=2, gradient_checkpointing=False, text_encoder_lr=1e-2)
+    inputs = _defaults(host, NODE)
+    inputs.update(
+        model=[loader, 3],
+        output_name="lora_test",
+        instance_prompt="a photo of sks shape",
+        class_prompt="a photo of shape",
+        steps=3,
+        resolution=RES,
+        learning_rate=1e-2,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        lora_layers="all",
+        train_text_encoder=True,
+        instance_folder="lora_subject",
+        class_folder="lora_class",
+        options=[options, 0],
+    )
+    inputs.update(widgets)
+    return {
+        loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
+        train: {"class_type": NODE, "inputs": inputs},
+        options: {"class_type": "LikenessTrainingOptions", "inputs": opts},
+    }
+
+
+def _sample_graph(lora_name: str | None, strength: float, prefix: str) -> dict:
+    """Core nodes only: checkpoint (+ LoraLoader) -> KSampler -> VAEDecode -> SaveImage."""
+    model, clip = ["1", 0], ["1", 1]
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BASE}}}
+    if lora_name is not None:
+        graph["8"] = {
+            "class_type": "LoraLoader",
+            "inputs": {"model": model, "clip": clip, "lora_name": lora_name,
+                       "strength_model": strength, "strength_clip": strength},
+        }  # fmt: skip
+        model, clip = ["8", 0], ["8", 1]
+    graph.update({
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks shape", "clip": clip}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": RES, "height": RES, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
+            "steps": 3, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    })  # fmt: skip
+    return graph
+
+
+def _ours(result, event: str, node_id: str) -> list[dict]:
+    return [d for d in result.events(f"likeness.{event}") if str(d.get("node_id")) == node_id]
+
+
+def _loras(host) -> list[Path]:
+    folder = host.loras_dir / "likeness"
+    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def _pixels(result) -> np.ndarray:
+    (path,) = result.images("7")
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def _comfy_patches(host, lora: Path, strength: float, tmp_path: Path) -> dict:
+    script = tmp_path / "count_patches.py"
+    script.write_text(COUNT_SCRIPT)
+    ckpt = (host.checkpoints_dir / BASE).resolve()
+    run = subprocess.run(
+        [str(host.install.python), str(script), str(host.install.comfy_dir), str(ckpt), str(lora), str(strength)],
+        cwd=str(host.install.comfy_dir), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _adapted_module_count() -> tuple[int, int]:
+    """How many layers the trainer adapts on the ComfyUI-sized tiny model (built on the meta device)."""
+    import torch
+
+    from trainers.lora import adapters
+    from trainers.tiny import comfy_tiny_components
+
+    with torch.device("meta"):
+        c = comfy_tiny_components()
+    return len(adapters.unet_target_names(c.unet, "all")), len(
+        adapters.text_encoder_target_names(c.text_encoder, "all")
+    )
+
+
+def test_nodes_are_registered_with_tooltips(setup):
+    info = setup.object_info(NODE)
+    assert info["category"] == "Likeness/training" and info["display_name"] == "Likeness LoRA Train"
+    assert info["output"] == ["LIKENESS_TRAINED", "IMAGE", "IMAGE"]
+    req = info["input"]["required"]
+    assert {"lora_rank", "lora_alpha", "lora_layers", "learning_rate"} <= set(req)
+    assert req["learning_rate"][1]["default"] == 1e-4
+    for section in ("required", "optional"):
+        for name, spec in info["input"][section].items():
+            assert spec[1].get("tooltip"), f"{name} has no tooltip"
+    ext = setup.object_info("LikenessExtractLoRA")
+    assert ext["category"] == "Likeness/training" and ext["output"] == ["LIKENESS_TRAINED"]
+
+
+def test_train_then_core_lora_loader(setup, tmp_path):
+    host = setup
+    result = host.run(_train_graph(host), timeout=900).check()
+    progress = [d for d in _ours(result, "progress", "2") if d["phase"] == "training"]
+    assert [d["step"] for d in progress] == [1, 2, 3]
+    assert _ours(result, "start", "2")[0]["kind"] == "lora" and _ours(result, "end", "2")[-1]["state"] == "finished"
+    (lora,) = _loras(host)
+    assert lora.name == "lora_test.safetensors" and lora.stat().st_size < 3_000_000
+    assert not list(lora.parent.glob(".*.part"))
+
+    # ComfyUI's own loading code: every key used, one patch per adapted layer, each of the right size
+    from trainers.lora import kohya
+
+    layers = kohya.read_kohya(lora)
+    n_unet, n_te = _adapted_module_count()
+    assert len(layers.unet_layers) == n_unet and len(layers.text_encoder_layers) == n_te
+    for strength in (1.0, 0.5):
+        got = _comfy_patches(host, lora, strength, tmp_path)
+        assert "lora key not loaded" not in got["log"] and "NOT LOADED" not in got["log"], got["log"]
+        assert len(got["unet"]) == n_unet and len(got["clip"]) == n_te  # text encoder keys applied too
+        want = sorted(strength * float(w.delta().norm()) for w in layers.layers.values())
+        have = sorted(list(got["unet"].values()) + list(got["clip"].values()))
+        assert max(w for w in want) > 0
+        np.testing.assert_allclose(have, want, rtol=2e-3, atol=1e-6)  # alpha/rank scale as ours
+
+    # the real server: core LoraLoader -> KSampler -> SaveImage
+    log_start = len(host.log_text())
+    name = f"likeness/{lora.name}"
+    base_img = _pixels(host.run(_sample_graph(None, 0.0, "lora_base"), timeout=300).check())
+    on_img = _pixels(host.run(_sample_graph(name, 1.0, "lora_on"), timeout=300).check())
+    off_img = _pixels(host.run(_sample_graph(name, 0.0, "lora_off"), timeout=300).check())
+    log = host.log_text()[log_start:]
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-3000:]
+    assert np.abs(on_img - base_img).max() > 0, "the LoRA at strength 1 does not change the image"
+    assert np.array_equal(off_img, base_img), "strength 0 must give the base model's image"
+
+    # same inputs again under other node ids: found by content hash, no training
+    again = host.run(_train_graph(host, ids=("11", "12", "19")), timeout=300).check()
+    assert not _ours(again, "start", "12") and not _ours(again, "progress", "12")
+    assert _loras(host) == [lora]
+
+
+def test_cancel_then_resume(setup):
+    host = setup
+    graph = _train_graph(
+        host, output_name="lora_cancel", steps=12, seed=5, train_text_encoder=False, lora_layers="attention"
+    )
+    prompt_id = host.submit(graph)
+    msg = host.wait_for_message(
+        lambda m: m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
+        and m["data"].get("step", 0) >= 2, timeout=600,
+    )  # fmt: skip
+    assert msg is not None, "training never reported progress"
+    host.interrupt()
+    result = host.wait(prompt_id, timeout=300)
+    assert result.status == "interrupted", result
+    stopped_at = max(d["step"] for d in _ours(result, "progress", "2") if d["phase"] == "training")
+    assert stopped_at < 12 and _ours(result, "end", "2")[-1]["state"] == "stopped"
+    assert not [p for p in _loras(host) if p.name.startswith("lora_cancel")]
+    states = list((host.output_dir / "likeness" / "training_state").glob("lora_cancel-*/step-*"))
+    assert states, "a resumable state was kept"
+    # queue again: continues from the saved step, finishes, saves the LoRA
+    resumed = host.run(graph, timeout=900).check()
+    steps = [d["step"] for d in _ours(resumed, "progress", "2") if d["phase"] == "training"]
+    assert steps and steps[0] > 1 and steps[-1] == 12
+    assert [p for p in _loras(host) if p.name == "lora_cancel.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "widgets, words",
+    [
+        ({"output_name": "../x"}, "not a plain name"),
+        ({"instance_folder": "lora_missing"}, "does not exist"),
+        ({"instance_folder": "lora_empty"}, "holds no images"),
+        ({"lora_alpha": 0.0}, "lora_alpha"),
+        ({"resolution": 100}, "multiple of 8"),
+    ],
+)
+def test_bad_inputs_fail_before_training(setup, widgets, words):
+    result = setup.run(_train_graph(setup, **widgets), timeout=120)
+    assert result.status == "error", result
+    assert words in result.error
+    assert not _ours(result, "start", "2")
+
+
+@pytest.mark.parametrize("widgets", [{"lora_rank": 0}, {"lora_layers": "everything"}])
+def test_out_of_range_lora_options_are_rejected_by_the_host(setup, widgets):
+    result = setup.run(_train_graph(setup, **widgets), timeout=60)
+    assert result.status == "rejected", result
+    assert list(widgets)[0] in result.error
