@@ -94,7 +94,7 @@ class CropConfig:
     )
     duplicate_distance: int = opt(
         4,
-        "Two crops are near-duplicates when their 64-bit perceptual hashes differ in at most this many bits.",
+        "Two photos are near-duplicates when their 64-bit perceptual hashes differ in at most this many bits.",
         min=0,
         max=32,
         advanced=True,
@@ -246,7 +246,7 @@ class ImageReport:
     crop: dict[str, Any] | None = None  # left, top, side (source pixels), padded, tight, center
     upscale: float = 0.0  # output side / crop side in source pixels
     blur: float = 0.0  # sharpness of the face region of the crop
-    dhash: str = ""
+    dhash: str = ""  # 64-bit difference hash of the whole (upright) photo, for near-duplicates
     duplicate_of: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -314,7 +314,8 @@ def crop_one(
     rep.blur = round(sharpness(_focus_region(crop, face, box, cfg.resolution)), 1)
     if rep.blur < cfg.blur_threshold:
         rep.warnings.append(f"looks blurry (sharpness {rep.blur:.0f} < {cfg.blur_threshold:.0f})")
-    rep.dhash = f"{dhash(crop):016x}"
+    # The whole photo's hash (not the crop's): a resaved or resized copy matches even if the face box jitters.
+    rep.dhash = f"{dhash(image):016x}"
     rep.status = "kept"
     return rep, crop
 
