@@ -50,6 +50,9 @@ from typing import Any
 
 log = logging.getLogger("likeness.host")
 
+# Every request goes straight to 127.0.0.1: never through a proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
@@ -160,7 +163,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
         HF_HUB_DISABLE_TELEMETRY="1",
         DO_NOT_TRACK="1",
         PYTHONUNBUFFERED="1",
-        PYTHONDONTWRITEBYTECODE="0",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
     )
     env.update(extra)
@@ -328,28 +330,32 @@ def _ensure_venv(venv: Path, comfy_dir: Path) -> bool:
 
 
 def prepare_host() -> HostInstall:
-    """Prepare (once, cached) the ComfyUI tree and the Python that runs it; see the module docstring."""
+    """Prepare (once, cached) the ComfyUI tree and the Python that runs it; see the module docstring.
+
+    Each thing built has its own lock, so processes preparing different hosts do not wait for one another.
+    """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with _file_lock(root / ".lock"):
-        custom = os.environ.get("COMFYUI_DIR")
-        if custom:
-            comfy_dir = Path(custom).expanduser().resolve()
-            if not (comfy_dir / "main.py").is_file() or not (comfy_dir / "folder_paths.py").is_file():
-                raise HostSetupError(f"COMFYUI_DIR={custom} is not a ComfyUI checkout (no main.py/folder_paths.py)")
-            label = f"COMFYUI_DIR={comfy_dir}"
-            given = os.environ.get("COMFYUI_PYTHON")
-            if given:
-                python = Path(given).expanduser()
-                if not python.is_file():
-                    raise HostSetupError(f"COMFYUI_PYTHON={given} does not exist")
-                return HostInstall(comfy_dir, python, label, 0.0)
-            venv = root / f"venv-{hashlib.sha256(str(comfy_dir).encode()).hexdigest()[:10]}"
-        else:
+    custom = os.environ.get("COMFYUI_DIR")
+    if custom:
+        comfy_dir = Path(custom).expanduser().resolve()
+        if not (comfy_dir / "main.py").is_file() or not (comfy_dir / "folder_paths.py").is_file():
+            raise HostSetupError(f"COMFYUI_DIR={custom} is not a ComfyUI checkout (no main.py/folder_paths.py)")
+        label = f"COMFYUI_DIR={comfy_dir}"
+        given = os.environ.get("COMFYUI_PYTHON")
+        if given:
+            python = Path(given).expanduser()
+            if not python.is_file():
+                raise HostSetupError(f"COMFYUI_PYTHON={given} does not exist")
+            return HostInstall(comfy_dir, python, label, 0.0)
+        venv = root / f"venv-{hashlib.sha256(str(comfy_dir).encode()).hexdigest()[:10]}"
+    else:
+        with _file_lock(root / f".{BUNDLED_LABEL}.lock"):
             comfy_dir = _unpack_bundled(root)
-            label = BUNDLED_LABEL
-            venv = root / "venv"
+        label = BUNDLED_LABEL
+        venv = root / "venv"
+    with _file_lock(root / f".{venv.name}.lock"):
         changed = _ensure_venv(venv, comfy_dir)
     dt = time.perf_counter() - t0
     if changed:
@@ -410,6 +416,14 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the server
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGTERM if the test process dies without stopping it (no leaked servers)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -513,6 +527,7 @@ class ComfyHost:
                 stdin=subprocess.DEVNULL,
                 env=_clean_env(LIKENESS_CACHE=str(self.likeness_cache)),
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             try:
                 self._wait_ready(timeout)
@@ -537,7 +552,7 @@ class ComfyHost:
                     + self.log_text()[-6000:]
                 )
             try:
-                with urllib.request.urlopen(self.url + "/object_info", timeout=5) as r:
+                with _OPENER.open(self.url + "/object_info", timeout=5) as r:
                     if r.status == 200:
                         json.loads(r.read())
                         return
@@ -600,7 +615,9 @@ class ComfyHost:
             while not self._ws_stop.is_set():
                 try:
                     ws = websocket.create_connection(
-                        f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=10
+                        f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}",
+                        timeout=10,
+                        http_no_proxy=["127.0.0.1"],
                     )
                 except Exception as e:  # noqa: BLE001
                     if not self.running:
@@ -682,7 +699,7 @@ class ComfyHost:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with _OPENER.open(req, timeout=timeout) as r:
                 status, raw = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
