@@ -327,3 +327,18 @@ def test_diffusers_from_single_file_reads_our_export(tiny_components, tmp_path):
     assert set(te_state) == set(tiny_components.text_encoder.state_dict())
     for k, v in tiny_components.text_encoder.state_dict().items():
         assert torch.equal(te_state[k], v), k
+
+
+def test_ema_only_dotless_names(ldm, tmp_path):
+    """Dotless EMA names are mapped back through SD1.5's key names (the tiny UNet's names are a subset)."""
+    path = tmp_path / "ema_only_dotless.safetensors"
+    ema_weights = _ema_file(ldm, path, dotted=False, only_ema=True)
+    ckpt = read_checkpoint(path)
+    assert ckpt.info["ema_used"] is True
+    for k, v in ema_weights.items():
+        assert torch.equal(ckpt.state_dict[k], v), k
+    bad = load_file(path)
+    bad["model_ema.diffusion_modelnot_a_layer0weight"] = torch.zeros(1)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match="cannot be mapped back"):
+        read_checkpoint(tmp_path / "bad.safetensors")

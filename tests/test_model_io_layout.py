@@ -165,3 +165,17 @@ def test_comfy_tiny_checkpoint_has_sd15_shapes(comfy_tiny_checkpoint):
     for prefix in (VAE_PREFIX, TEXT_PREFIX):  # VAE and text encoder: exactly SD1.5's
         ours = {k: v for k, v in shapes.items() if k.startswith(prefix) and not k.endswith("position_ids")}
         assert ours == {k: v for k, v in ref.items() if k.startswith(prefix)}
+
+
+def test_sd15_ema_only_file_with_dotless_names(sd15_ldm):
+    """Original SD1.x EMA names drop every dot ('model_ema.diffusion_modelinput_blocks00weight'); an EMA-only file
+    with SD1.5's UNet gets its key names back."""
+    from trainers.model_io.reader import _choose_ema
+
+    unet = {k: v for k, v in sd15_ldm.items() if k.startswith(UNET_PREFIX)}
+    ema_only = {"model_ema." + k[len("model.") :].replace(".", ""): v for k, v in unet.items()}
+    assert "model_ema.diffusion_modelinput_blocks00weight" in ema_only
+    ema_only["model_ema.num_updates"] = torch.tensor(1)
+    out, used, present = _choose_ema(ema_only, "auto", "ema_only.ckpt")
+    assert used and present
+    assert {k: v for k, v in out.items() if k.startswith(UNET_PREFIX)} == unet
