@@ -135,7 +135,7 @@ def test_lfw_faces_are_found_and_centred(lfw):
 def test_lfw_non_faces_are_reported_as_no_face(lfw):
     entries = lfw.report["images"][100:]
     no_face = [e for e in entries if e["status"] == "skipped" and e["reason"] == "no face found"]
-    # Measured: 100 of 100; asserted: at least 95%.
+    # Measured: 99 of 100 (one false positive, from the padded frontal pass); asserted: at least 95%.
     assert len(no_face) >= 95, [e["source"] for e in entries if e not in no_face]
     assert all(f"{e['source']}: no face found" in lfw.text for e in no_face)
 
