@@ -326,3 +326,22 @@ def test_cli_crop(tmp_path, capsys):
     assert Image.open(tmp_path / "ds" / "0001.png").size == (256, 256)
     assert cli_main(["crop", "--input", str(photos), "--output", str(tmp_path / "ds"), "--resolution", "250"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_on_one_photo_skips_it_and_goes_on(tmp_path):
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self):
+            self.inner = HaarDetector()
+
+        def detect(self, rgb):
+            if rgb.shape[0] == 300:
+                raise RuntimeError("detector broke on this one")
+            return self.inner.detect(rgb)
+
+    photos = [ASTRONAUT, np.zeros((300, 300, 3), np.uint8)]
+    out = build_dataset(CropConfig(), images=photos, output_root=tmp_path, detector=Flaky())
+    ok, broken = out.report["images"]
+    assert ok["status"] == "kept" and out.count == 1
+    assert broken["status"] == "skipped" and "RuntimeError: detector broke on this one" in broken["reason"]

@@ -261,10 +261,20 @@ def crop_one(
     """Read, detect, crop and measure one photo. Never raises for a bad photo: it is reported as skipped."""
     rep = ImageReport(source=name)
     try:
-        loaded = load()
+        return _crop_one(rep, load, cfg, detector)
     except DatasetError as e:
         rep.reason = _strip_path(str(e), name)
-        return rep, None
+    except Exception as e:  # noqa: BLE001 - one odd photo must not end a run of hundreds; it is reported
+        log.exception("face crop: %s failed", name)
+        rep.reason = f"could not be processed ({type(e).__name__}: {e})"
+    rep.status = "skipped"
+    return rep, None
+
+
+def _crop_one(
+    rep: ImageReport, load: Loader, cfg: CropConfig, detector: FaceDetector
+) -> tuple[ImageReport, Image.Image | None]:
+    loaded = load()
     image = loaded.image
     rep.notes.extend(loaded.notes)
     w, h = image.size

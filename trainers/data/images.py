@@ -111,9 +111,10 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         if w < 1 or h < 1:
             raise DatasetError(f"{p}: image has no pixels ({w}x{h})")
         notes: list[str] = []
-        frames = getattr(im, "n_frames", 1) or 1
-        if frames > 1:
-            notes.append(f"first of {frames} frames used")
+        if getattr(im, "is_animated", False):
+            # Counting GIF frames means reading them all: only formats that store the count say how many.
+            count = im.n_frames if _has_frame_count(im) else None
+            notes.append(f"first of {count} frames used" if count else "animated: first frame used")
         fmt = im.format or "?"
         mode = im.mode
         try:
@@ -132,6 +133,11 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
                 reason = f"truncated or damaged file ({reason})"
             raise DatasetError(f"{p}: cannot be decoded: {reason}") from None
     return LoadedImage(image=out, source_mode=mode, source_format=fmt, notes=notes)
+
+
+def _has_frame_count(im: Image.Image) -> bool:
+    """True when the file's header says how many frames it has (WebP, APNG, TIFF), unlike GIF."""
+    return (im.format or "") in {"WEBP", "PNG", "TIFF", "MPO"}
 
 
 def _exif_orientation(im: Image.Image) -> int | None:
