@@ -345,3 +345,12 @@ def test_an_unexpected_error_on_one_photo_skips_it_and_goes_on(tmp_path):
     ok, broken = out.report["images"]
     assert ok["status"] == "kept" and out.count == 1
     assert broken["status"] == "skipped" and "RuntimeError: detector broke on this one" in broken["reason"]
+
+
+def test_cli_crop_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["crop", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--input", "--output", "--resolution", "--margin", "--no-face", "--detector", "--duplicates"):
+        assert flag in out

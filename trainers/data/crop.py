@@ -63,8 +63,8 @@ class CropConfig:
     )
     margin: float = opt(
         0.7,
-        "Space around the face on each side, in face widths: 0.7 makes the face ~42% of the crop side "
-        "(0.5 -> 50%, 0.9 -> 36%).",
+        "Space around the face on each side, in face widths: 0.7 makes the face about 0.42 of the crop side "
+        "(0.5 -> 0.50, 0.9 -> 0.36).",
         min=0.0,
         max=3.0,
         step=0.05,
