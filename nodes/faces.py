@@ -16,6 +16,7 @@ from . import bridge
 log = logging.getLogger("likeness")
 
 DEFAULT_FOLDER = "likeness_photos"
+PREVIEW_MAX = 64  # crops in the preview batch (a float32 IMAGE of 512x512 crops is 3 MB each)
 _MAIN = ("instance_prompt", "resolution", "margin", "no_face", "detector")
 
 
@@ -68,7 +69,7 @@ class LikenessFaceCropDataset:
     RETURN_NAMES = ("dataset", "preview", "report")
     OUTPUT_TOOLTIPS = (
         "The dataset (folder, instance prompt, image count) for the DreamBooth / LoRA training nodes.",
-        "The crops, for a Preview Image node.",
+        f"The crops (the first {PREVIEW_MAX}), for a Preview Image node.",
         "What happened to every photo, with a verdict.",
     )
     FUNCTION = "build"
@@ -148,7 +149,10 @@ class LikenessFaceCropDataset:
             content_hash=outcome.key,
             report=outcome.text,
         )
-        return {"ui": {"text": [outcome.text]}, "result": (handle, _preview(outcome.images), outcome.text)}
+        return {
+            "ui": {"text": [outcome.text]},
+            "result": (handle, _preview(outcome.images[:PREVIEW_MAX]), outcome.text),
+        }
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {"LikenessFaceCropDataset": LikenessFaceCropDataset}
