@@ -287,7 +287,7 @@ class LikenessDreamBoothTrain:
             instance_data=inst_folder,
             class_data=cls_folder,
             prior_preservation=cls_folder is not None,
-            output=str(bridge.model_dir(self.MODEL_FOLDER) / f"{name}.safetensors"),
+            output=str(free_output_path(bridge.model_dir(self.MODEL_FOLDER), name)),
             device="cpu" if device.type == "cpu" else "cuda" if device.type == "cuda" else "auto",
         )
         source = self.TITLE
@@ -308,7 +308,7 @@ class LikenessDreamBoothTrain:
         from ..trainers.model_io import load_components
         from ..trainers.train.loop import list_states, train
 
-        output = free_output_path(out_dir, name)
+        output = Path(cfg.output)
         if output.name != f"{name}.safetensors":
             log.warning("likeness: %s.safetensors exists (other inputs); saving as %s", name, output.name)
         state_dir = Path(cfg.state_dir)
@@ -317,7 +317,7 @@ class LikenessDreamBoothTrain:
         resume = "latest" if list_states(state_dir) else None
         cfg = configspec.from_dict(
             self.CONFIG_CLASS,
-            {"output": str(output), "resume_from": resume},
+            {"resume_from": resume},
             source=self.TITLE,
             base=cfg,
         )

@@ -88,8 +88,8 @@ class TrainConfig:
 
     # --- optimizer ---
     learning_rate: float = opt(2e-6, "Learning rate (2e-6 for a full UNet on faces).", min=0.0, step=1e-7)
-    text_encoder_lr: float | None = opt(
-        None, "Learning rate for the text encoder (empty = same as learning_rate).", min=0.0, advanced=True
+    text_encoder_lr: float = opt(
+        0.0, "Learning rate for the text encoder (0 = same as learning_rate).", min=0.0, step=1e-7, advanced=True
     )
     lr_scheduler: str = opt(
         "constant",

@@ -54,7 +54,8 @@ class Strategy(Protocol):
 
 
 def text_encoder_lr(config) -> float:
-    return config.learning_rate if config.text_encoder_lr is None else config.text_encoder_lr
+    """The text encoder's learning rate: its own option, or the main one when that is 0 (unset)."""
+    return config.text_encoder_lr or config.learning_rate
 
 
 class FullFineTune:

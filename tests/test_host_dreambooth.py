@@ -1,0 +1,236 @@
+"""Likeness DreamBooth Train on a real ComfyUI server (see tests/host/): train, sample the result with core nodes,
+progress events, cancel, content-addressed reuse, validation errors, and the CLI writing the same file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_helpers import class_images, subject_images
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.host
+
+NODE = "LikenessDreamBoothTrain"
+BASE = "likeness_db_base.safetensors"
+RES = 64
+
+
+@pytest.fixture(scope="module")
+def setup(comfy_host, comfy_tiny_checkpoint):
+    dest = comfy_host.checkpoints_dir / BASE
+    if not dest.exists():
+        dest.symlink_to(comfy_tiny_checkpoint)
+    subject_images(comfy_host.input_dir / "db_subject", n=3, size=RES)
+    class_images(comfy_host.input_dir / "db_class", n=3, size=RES)
+    (comfy_host.input_dir / "db_empty").mkdir(exist_ok=True)
+    return comfy_host
+
+
+def _defaults(host, node: str) -> dict:
+    """Every required input of a node at its default (what a fresh node on the canvas holds)."""
+    out = {}
+    for name, spec in host.object_info(node)["input"]["required"].items():
+        kind = spec[0]
+        opts = spec[1] if len(spec) > 1 else {}
+        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
+    return out
+
+
+def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
+    loader, train, options = ids
+    opts = _defaults(host, "LikenessTrainingOptions")
+    opts.update(sample_steps=2, gradient_checkpointing=False)
+    inputs = _defaults(host, NODE)
+    inputs.update(
+        model=[loader, 3],
+        output_name="db_test",
+        instance_prompt="a photo of sks shape",
+        class_prompt="a photo of shape",
+        steps=3,
+        resolution=RES,
+        learning_rate=1e-4,
+        train_text_encoder=False,
+        instance_folder="db_subject",
+        class_folder="db_class",
+        options=[options, 0],
+    )
+    inputs.update(widgets)
+    return {
+        loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
+        train: {"class_type": NODE, "inputs": inputs},
+        options: {"class_type": "LikenessTrainingOptions", "inputs": opts},
+    }
+
+
+def _sample_graph(ckpt_name: str, prefix: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks shape", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": RES, "height": RES, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": 1,
+                "steps": 2,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },  # fmt: skip
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def _ours(result, event: str, node_id: str) -> list[dict]:
+    return [d for d in result.events(f"likeness.{event}") if str(d.get("node_id")) == node_id]
+
+
+def _results(host) -> list[Path]:
+    folder = host.checkpoints_dir / "likeness"
+    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def test_nodes_are_registered_with_tooltips(setup):
+    info = setup.object_info(NODE)
+    assert info["category"] == "Likeness/training" and info["display_name"] == "Likeness DreamBooth Train"
+    assert info["output"] == ["LIKENESS_TRAINED", "IMAGE", "IMAGE"]
+    for section in ("required", "optional"):
+        for name, spec in info["input"][section].items():
+            assert spec[1].get("tooltip"), f"{name} has no tooltip"
+    opts = setup.object_info("LikenessTrainingOptions")["input"]["required"]
+    assert {"optimizer", "lr_scheduler", "mixed_precision", "checkpoint_every"} <= set(opts)
+
+
+def test_train_sample_reuse_and_cli_identity(setup, tmp_path):
+    host = setup
+    graph = _train_graph(host)
+    result = host.run(graph, timeout=600).check()
+    progress = [d for d in _ours(result, "progress", "2") if d["phase"] == "training"]
+    assert [d["step"] for d in progress] == [1, 2, 3]
+    assert all({"loss", "loss_smoothed", "lr", "eta", "loss_instance", "loss_prior"} <= set(d) for d in progress)
+    assert _ours(result, "start", "2")[0]["total"] == 3 and _ours(result, "end", "2")[-1]["state"] == "finished"
+    (trained,) = _results(host)
+    assert trained.name == "db_test.safetensors"
+    assert not list(trained.parent.glob("*.part"))
+    assert result.images("2"), "the node shows its last samples"
+
+    # the trained checkpoint in the core loader -> KSampler -> SaveImage
+    sampled = host.run(_sample_graph(f"likeness/{trained.name}", "db_trained"), timeout=300).check()
+    (image,) = sampled.images("7")
+    assert image.is_file()
+
+    # identical prompt: cached by the host, no training
+    again = host.run(graph, timeout=120).check()
+    assert not _ours(again, "progress", "2") and again.seconds < 30
+    # same inputs under other node ids: our node runs, finds the result by content hash, does not train
+    renamed = host.run(_train_graph(host, ids=("11", "12", "19")), timeout=300).check()
+    assert not _ours(renamed, "start", "12") and not _ours(renamed, "progress", "12")
+    assert _results(host) == [trained]
+
+    # the CLI with the same options writes a byte-identical checkpoint
+    tokenizer = host.install.comfy_dir / "comfy" / "sd1_tokenizer"
+    out = tmp_path / "cli.safetensors"
+    args = [
+        f"base_model={(host.checkpoints_dir / BASE).resolve()}",
+        f"tokenizer={tokenizer}",
+        f"instance_data={host.input_dir / 'db_subject'}",
+        f"class_data={host.input_dir / 'db_class'}",
+        "instance_prompt=a photo of sks shape",
+        "class_prompt=a photo of shape",
+        "steps=3",
+        f"resolution={RES}",
+        "learning_rate=1e-4",
+        "train_text_encoder=false",
+        "gradient_checkpointing=false",
+        "sample_steps=2",
+        f"output={out}",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "trainers", "dreambooth", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_same_checkpoint(out, trained)
+
+
+def _assert_same_checkpoint(a: Path, b: Path) -> None:
+    """Byte-identical files; on a difference, say which metadata entries or tensors differ."""
+    if a.read_bytes() == b.read_bytes():
+        return
+    import torch
+    from safetensors import safe_open
+
+    fa, fb = safe_open(str(a), "pt"), safe_open(str(b), "pt")
+    ma, mb = fa.metadata(), fb.metadata()
+    meta = {k: (ma.get(k), mb.get(k)) for k in set(ma) | set(mb) if ma.get(k) != mb.get(k)}
+    tensors = [k for k in fa.keys() if not torch.equal(fa.get_tensor(k), fb.get_tensor(k))]  # noqa: SIM118
+    raise AssertionError(f"CLI and node checkpoints differ: metadata {meta}; {len(tensors)} tensors {tensors[:5]}")
+
+
+def test_interrupt_stops_within_two_steps_and_leaves_no_model(setup):
+    host = setup
+    before = _results(host)
+    graph = _train_graph(host, output_name="db_cancel", steps=400, seed=5)
+    prompt_id = host.submit(graph)
+    since = 0
+    msg = host.wait_for_message(
+        lambda m: m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
+        and m["data"].get("step", 0) >= 2, timeout=300, since=since,
+    )  # fmt: skip
+    assert msg is not None, "training never reported progress"
+    host.interrupt()
+    step_at_interrupt = max(
+        m["data"]["step"] for m in host.ws_messages
+        if m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
+    )  # fmt: skip
+    result = host.wait(prompt_id, timeout=300)
+    assert result.status == "interrupted", result
+    steps = [d["step"] for d in _ours(result, "progress", "2") if d["phase"] == "training"]
+    assert max(steps) <= step_at_interrupt + 2
+    assert _ours(result, "end", "2")[-1]["state"] == "stopped"
+    assert _results(host) == before  # no partial or finished model file
+    folder = host.checkpoints_dir / "likeness"
+    assert not [p for p in folder.glob(".*") if p.name.endswith(".part")]
+    states = list((host.output_dir / "likeness" / "training_state").glob("db_cancel-*/step-*"))
+    assert states, "a resumable state was kept"
+    # the server is fine afterwards
+    time.sleep(0.5)
+    host.run(_sample_graph(BASE, "after_cancel"), timeout=300).check()
+
+
+@pytest.mark.parametrize(
+    "widgets, words",
+    [
+        ({"output_name": "../x"}, "not a plain name"),
+        ({"instance_folder": "db_missing"}, "does not exist"),
+        ({"instance_folder": "db_empty"}, "holds no images"),
+        ({"class_folder": "db_empty"}, "class folder"),
+        ({"resolution": 100}, "multiple of 8"),
+    ],
+)
+def test_bad_inputs_fail_before_training(setup, widgets, words):
+    result = setup.run(_train_graph(setup, **widgets), timeout=120)
+    assert result.status == "error", result
+    assert words in result.error
+    assert not _ours(result, "start", "2")
+
+
+@pytest.mark.parametrize("widgets", [{"steps": 0}, {"learning_rate": -1e-4}])
+def test_out_of_range_numbers_are_rejected_by_the_host(setup, widgets):
+    result = setup.run(_train_graph(setup, **widgets), timeout=60)
+    assert result.status == "rejected", result
+    assert list(widgets)[0] in result.error
