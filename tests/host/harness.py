@@ -241,8 +241,14 @@ def _torch_version() -> str:
         return "2.13.0"
 
 
+# Not installed into a host venv: torch is pinned by the constraint instead; PyPI's torchaudio is CUDA-linked, cannot
+# load on CPU torch and, once installed, breaks ``import transformers`` models (only the newer hosts' audio nodes,
+# which then fail to import on their own, use it).
+_SKIPPED_REQUIREMENTS = {"torch", "torchaudio"}
+
+
 def _host_requirements(comfy_dir: Path) -> list[str]:
-    """The host's requirements minus torch itself (pinned through the constraint instead)."""
+    """The host's requirements minus torch (pinned through the constraint instead) and torchaudio."""
     req = comfy_dir / "requirements.txt"
     lines = req.read_text().splitlines() if req.is_file() else []
     keep = []
@@ -253,7 +259,7 @@ def _host_requirements(comfy_dir: Path) -> list[str]:
         name = s.split(";")[0]
         for sep in "<>=!~[ ":
             name = name.split(sep)[0]
-        if name.lower() == "torch":
+        if name.lower() in _SKIPPED_REQUIREMENTS:
             continue
         keep.append(s)
     return keep
