@@ -110,7 +110,7 @@ def _lfw_outcome(tmp_path_factory):
         for f in faces
     ]
     out = tmp_path_factory.mktemp("lfw")
-    return build_dataset(CropConfig(duplicates="keep"), images=up, output_root=out)
+    return build_dataset(CropConfig(duplicates="keep", resolution=256), images=up, output_root=out)
 
 
 @pytest.fixture(scope="module")
