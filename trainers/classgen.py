@@ -470,7 +470,28 @@ def _batches(missing: Sequence[int], batch_size: int) -> list[list[int]]:
     return [groups[b] for b in sorted(groups)]
 
 
-def render_batch(pipe, config: ClassImagesConfig, indices: Sequence[int], stop: Callable[[], bool] | None = None):
+def encode_prompts(pipe, config: ClassImagesConfig):
+    """``(prompt_embeds, negative_embeds or None)`` for one image: encoded once per run, shared by every batch."""
+    import torch
+
+    with torch.inference_mode():
+        positive, negative = pipe.encode_prompt(
+            config.class_prompt.strip(),
+            pipe.unet.device,
+            1,
+            config.cfg > 1.0,
+            negative_prompt=config.negative_prompt.strip() if config.cfg > 1.0 else None,
+        )
+    return positive, negative
+
+
+def render_batch(
+    pipe,
+    config: ClassImagesConfig,
+    indices: Sequence[int],
+    stop: Callable[[], bool] | None = None,
+    embeds: tuple[Any, Any] | None = None,
+):
     """PIL images for set indices ``indices``; each has its own start noise and sampler generator."""
     import torch
 
@@ -483,18 +504,18 @@ def render_batch(pipe, config: ClassImagesConfig, indices: Sequence[int], stop: 
         noise.append(torch.randn((1, unet.config.in_channels, side, side), generator=g, dtype=torch.float32))
         gens.append(g)
     latents = torch.cat(noise).to(device=device, dtype=dtype)
+    positive, negative = embeds if embeds is not None else encode_prompts(pipe, config)
+    n = len(indices)
 
     def on_step(_pipe, _i, _t, kwargs):
         if stop is not None and stop():
             raise _Abandon
         return kwargs
 
-    n = len(indices)
-    negative = config.negative_prompt.strip()
     with torch.inference_mode():
         out = pipe(
-            prompt=[config.class_prompt.strip()] * n,
-            negative_prompt=[negative] * n if config.cfg > 1.0 else None,
+            prompt_embeds=positive.expand(n, -1, -1),
+            negative_prompt_embeds=negative.expand(n, -1, -1) if negative is not None else None,
             height=config.resolution,
             width=config.resolution,
             num_inference_steps=config.steps,
@@ -579,6 +600,7 @@ def generate_class_images(
         device, dtype = pick_device_dtype(config.device if device is None else device, config.precision)
         components = load_generation_components(config, model, tokenizer or config.tokenizer, device, dtype)
     pipe = build_pipeline(components, config.sampler)
+    embeds = encode_prompts(pipe, config)
     generated, stopped = 0, False
     info = {"device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", "")}
     for indices in _batches(plan.missing, config.batch_size):
@@ -586,7 +608,7 @@ def generate_class_images(
             stopped = True
             break
         try:
-            images = render_batch(pipe, config, indices, stop)
+            images = render_batch(pipe, config, indices, stop, embeds)
         except _Abandon:
             stopped = True
             break
