@@ -104,7 +104,9 @@ function applyEvent(event, data) {
     run.lr = numberOr(data.lr, run.lr);
     run.it_s = numberOr(data.it_s, run.it_s);
     run.eta = numberOr(data.eta, run.eta);
-    run.elapsed = numberOr(data.elapsed, run.elapsed);
+    // elapsed only grows within a run (phase-change events may carry 0)
+    const elapsed = numberOr(data.elapsed, null);
+    if (elapsed !== null && (run.elapsed === null || elapsed > run.elapsed)) run.elapsed = elapsed;
     run.loss_instance = numberOr(data.loss_instance, run.loss_instance ?? null);
     run.loss_prior = numberOr(data.loss_prior, run.loss_prior ?? null);
     const loss = numberOr(data.loss, null);
