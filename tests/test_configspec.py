@@ -96,3 +96,13 @@ def test_node_inputs_carry_tooltips(pack):
     assert "class_dir" not in comfy_inputs(Demo, advanced=False)
     cfg = config_from_inputs(Demo, {"steps": 3, "prompts": "q\nr", "unrelated": 1}, source="node")
     assert cfg.steps == 3 and cfg.prompts == ["q", "r"]
+
+
+def test_help_text_may_contain_percent():
+    @dataclass
+    class Pct:
+        face: float = opt(0.4, "Face size as % of the crop side (40% default).")
+
+    parser = argparse.ArgumentParser()
+    configspec.add_arguments(parser, Pct)
+    assert "40% default" in parser.format_help()

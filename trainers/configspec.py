@@ -283,7 +283,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         flag = "--" + spec.name.replace("_", "-")
         default_txt = "" if spec.default in (None, "", []) else f" (default: {spec.default})"
-        kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": spec.help + default_txt}
+        help_text = (spec.help + default_txt).replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": help_text}
         if spec.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif spec.type is list:
