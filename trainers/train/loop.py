@@ -480,7 +480,7 @@ class Trainer:
                 return
             self.latent_cache[(kind, id(example), flip)] = self.encode_image(example, flip)
             if i % 8 == 0 or i == len(jobs) - 1:
-                self.cb.on_progress(ProgressInfo(step=self.step, total=self.cfg.steps, phase="caching"))
+                self.cb.on_progress(self.phase_info("caching"))
 
     def update_text_encoder_phase(self) -> None:
         """Stop training the text encoder once ``text_encoder_steps`` are done (the TE group stops changing)."""
@@ -499,6 +499,12 @@ class Trainer:
         self.cb.on_status(f"text encoder frozen after {limit} steps")
 
     # -- reporting, samples --------------------------------------------------------------------------------------
+
+    def phase_info(self, phase: str) -> ProgressInfo:
+        """A progress report for a phase other than a training step (elapsed keeps counting)."""
+        return ProgressInfo(
+            step=self.step, total=self.cfg.steps, phase=phase, elapsed=time.perf_counter() - self.t_start
+        )
 
     def report(self, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
         now = time.perf_counter()
@@ -524,7 +530,7 @@ class Trainer:
         prompts = sample_prompts(self.cfg)
         if not prompts or not self.accel.is_main_process:
             return
-        self.cb.on_progress(ProgressInfo(step=self.step, total=self.cfg.steps, phase="sampling"))
+        self.cb.on_progress(self.phase_info("sampling"))
         self.samples = sample_images(
             self.c, prompts, self.cfg, self.device, stop=self.stop, autocast=self.accel.autocast
         )
@@ -553,7 +559,7 @@ class Trainer:
         path = None
         meta = self.metadata()
         if self.accel.is_main_process:
-            self.cb.on_progress(ProgressInfo(step=self.step, total=self.cfg.steps, phase="saving"))
+            self.cb.on_progress(self.phase_info("saving"))
             self.cb.on_status(f"saving {self.plan.output}")
             self.strategy.save_result(self.c, self.plan.output, meta, self.cfg)
             path = self.plan.output
