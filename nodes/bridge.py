@@ -334,3 +334,40 @@ def vae_from_state_dict(sd: dict[str, Any]) -> Any:
     if callable(check):
         check()
     return vae
+
+
+class _LoraKeyLog(logging.Handler):
+    """Collects the host's "lora key not loaded" / "NOT LOADED" warnings while a LoRA is applied."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            msg = record.getMessage()
+            for marker in ("lora key not loaded", "NOT LOADED"):
+                if msg.startswith(marker):
+                    self.keys.append(msg[len(marker) :].lstrip(": ").strip())
+
+
+def apply_lora_for_host(
+    model: Any, clip: Any, lora_sd: dict[str, Any], strength_model: float, strength_clip: float
+) -> tuple[Any, Any, list[str]]:
+    """Patch a host MODEL/CLIP with a LoRA state dict through ComfyUI's own LoRA code (what core LoraLoader does).
+
+    Returns the patched clones and the LoRA keys the host could not map (logged by the host as "lora key not
+    loaded"); the inputs are never modified. ``clip`` may be None (model only).
+    """
+    import comfy.sd
+
+    catcher = _LoraKeyLog()
+    root = logging.getLogger()
+    root.addHandler(catcher)
+    try:
+        new_model, new_clip = comfy.sd.load_lora_for_models(
+            model, clip, lora_sd, float(strength_model), float(strength_clip)
+        )
+    finally:
+        root.removeHandler(catcher)
+    return new_model, new_clip, catcher.keys

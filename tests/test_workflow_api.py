@@ -72,3 +72,13 @@ def test_rejects_broken_workflows(mutate, words):
     mutate(wf)
     with pytest.raises(WorkflowError, match=words):
         ui_to_api(wf, INFO)
+
+
+def test_frontend_widget_values_of_the_training_monitor_are_skipped():
+    """The 2024 editor saves the monitor DOM widget's value after a training node's own widgets."""
+    info = {"LikenessLoRATrain": {"input": {"required": {"steps": ["INT", {"default": 1}]}}}}
+    wf = {"nodes": [{"id": 1, "type": "LikenessLoRATrain", "mode": 0, "widgets_values": [5, ""]}], "links": []}
+    assert ui_to_api(wf, info) == {"1": {"class_type": "LikenessLoRATrain", "inputs": {"steps": 5}}}
+    wf["nodes"][0]["widgets_values"] = [5, "", ""]
+    with pytest.raises(WorkflowError, match="widget values"):
+        ui_to_api(wf, info)

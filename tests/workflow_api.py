@@ -14,6 +14,10 @@ UI_ONLY_TYPES = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_NAMES = {"seed", "noise_seed"}
 MODE_ALWAYS = 0
+# Widgets a frontend extension adds to a node, after the node's own: the 2024 editor saves their values at the end of
+# ``widgets_values`` (newer editors skip widgets marked ``serialize: false``); the API prompt never has them.
+# The Likeness training monitor (web/js/likeness_monitor.js) adds one DOM widget to each training node.
+FRONTEND_WIDGETS = {"LikenessDreamBoothTrain": 1, "LikenessLoRATrain": 1}
 
 
 class WorkflowError(ValueError):
@@ -81,7 +85,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = list(links[linked[name]])
             elif name not in inputs and name in (object_info[ntype]["input"].get("required") or {}):
                 raise WorkflowError(f"node {node['id']} ({ntype}): required input {name!r} is not connected")
-        if pos != len(values):
+        if pos != len(values) and not (0 < len(values) - pos <= FRONTEND_WIDGETS.get(ntype, 0)):
             raise WorkflowError(f"node {node['id']} ({ntype}): {len(values)} widget values, {pos} expected")
         prompt[str(node["id"])] = {"class_type": ntype, "inputs": inputs}
     for nid, node in prompt.items():
