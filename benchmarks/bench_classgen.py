@@ -6,7 +6,7 @@
 Each measurement generates ``count`` images into a fresh folder with ``generate_class_images`` (the node's engine:
 pipeline built from our components, prompt encoded once, per-image seeds, atomic PNG writes, manifest) from
 components already in memory, so model loading is not timed. A second call on the same folder (everything reused)
-is timed too. ``tiny`` is the diffusers-test-sized model (VAE factor 2: 64 px -> 32x32 latents); ``comfy-tiny`` is the
+is timed too. ``--base-model FILE --tokenizer DIR`` measures a real checkpoint instead (fp16 on CUDA). ``tiny`` is the diffusers-test-sized model (VAE factor 2: 64 px -> 32x32 latents); ``comfy-tiny`` is the
 ComfyUI-loadable one (full-size CLIP-L text encoder and SD VAE, one-level 320-channel UNet; 64 px -> 8x8 latents),
 closer to the real model's text and VAE cost. The load average is printed: on a shared machine wall times are longer
 than the hardware allows.
@@ -27,12 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainers.classgen import ClassImagesConfig, generate_class_images  # noqa: E402
 
 
-def build(model: str, device):
+def build(args, device, dtype):
+    if args.base_model:  # a real checkpoint (e.g. SD1.5 at 512 px on a GPU)
+        from trainers.model_io import load_components
+
+        return load_components(args.base_model, tokenizer=args.tokenizer, dtype=dtype, device=device)
     from trainers import tiny
 
-    components = tiny.tiny_components(0) if model == "tiny" else tiny.comfy_tiny_components(0)
+    components = tiny.tiny_components(0) if args.model == "tiny" else tiny.comfy_tiny_components(0)
     for part in (components.unet, components.vae, components.text_encoder):
-        part.to(device)
+        part.to(device=device, dtype=dtype)
     return components
 
 
@@ -77,6 +81,8 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--base-model", help="a real SD1.5 checkpoint instead of a tiny model")
+    ap.add_argument("--tokenizer", help="CLIP tokenizer folder for --base-model (e.g. ComfyUI's comfy/sd1_tokenizer)")
     args = ap.parse_args()
 
     import torch
@@ -86,12 +92,12 @@ def main() -> int:
     device = torch.device(
         "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     )
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if args.base_model:
+        args.model = Path(args.base_model).name
     t0 = time.perf_counter()
-    components = build(args.model, device)
+    components = build(args, device, dtype)
     built = time.perf_counter() - t0
-    if device.type == "cuda":
-        for part in (components.unet, components.vae, components.text_encoder):
-            part.half()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for bs in (int(b) for b in args.batch_sizes.split(",")):
