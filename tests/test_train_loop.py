@@ -126,3 +126,28 @@ def test_text_encoder_modes_change_exactly_the_right_parameters(tiny_components,
         assert changed(te0, c.text_encoder)
         assert changed(snapshots[3], c.text_encoder) == set()
         assert changed(snapshots[2], c.text_encoder) == changed(te0, c.text_encoder) - set()
+
+
+def test_precision_switch_in_one_process_and_checkpoint_rotation(tiny_components, tmp_path):
+    """accelerate's process-wide state is reset between runs (ComfyUI and pytest are long-lived processes)."""
+    out = train(tiny_config(tmp_path / "a", steps=2, mixed_precision="bf16"), components=fresh(tiny_components))
+    assert out.state == "finished"
+    cfg = tiny_config(tmp_path / "b", steps=4, checkpoint_every=1, keep_checkpoints=2)
+    out = train(cfg, components=fresh(tiny_components))
+    states = sorted(p.name for p in (tmp_path / "b" / "out.state").iterdir())
+    assert states == ["step-000002", "step-000003"]  # every step but the last, the last two kept
+    assert out.state == "finished" and out.path.is_file()
+
+
+def test_out_of_memory_is_a_clear_message(tiny_components, tmp_path, monkeypatch):
+    from trainers.train.loop import OutOfMemory, Trainer
+
+    def boom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "one_step", boom)
+    with pytest.raises(OutOfMemory) as e:
+        train(tiny_config(tmp_path, steps=3), components=fresh(tiny_components))
+    for words in ("out of memory", "batch_size", "gradient_checkpointing", "adamw8bit", "train_text_encoder"):
+        assert words in str(e.value)
+    assert not (tmp_path / "out.safetensors").exists()
