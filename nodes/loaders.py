@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -34,26 +33,29 @@ def load_checkpoint(ckpt_path: str, vae_path: str | None = None, ema: str = "aut
     Returns ``(MODEL, CLIP, VAE, ModelHandle)``. Every file is read by our safe reader first (safetensors, or
     ``torch.load(weights_only=True)``): a refused architecture, a damaged file or a malicious pickle fails here with a
     ``CheckpointError``, before the host sees anything. The host only ever gets a ``.safetensors`` path (the file
-    itself, or a normalized copy of a ``.ckpt``/EMA choice); a separate VAE reaches it as a state dict.
+    itself, or a normalized copy of a ``.ckpt``/EMA choice). A separate VAE reaches it as a state dict, or, for a
+    file without a VAE of its own, baked into the normalized copy.
     """
+    from ..trainers.errors import CheckpointError
     from ..trainers.model_io import host_loadable_file, make_model_handle
 
-    handle = make_model_handle(ckpt_path, ema=ema)
+    handle = make_model_handle(ckpt_path, vae_path=vae_path, ema=ema)  # the whole model, as the trainers see it
     vae_sd = None
+    host_handle = handle
     if vae_path:
-        from ..trainers.model_io.reader import read_vae_file
+        try:
+            host_handle = make_model_handle(ckpt_path, ema=ema)  # complete without the VAE: no copy needed
+        except CheckpointError:
+            host_handle = handle  # e.g. no VAE of its own: the host gets a copy with this VAE in it
+        else:
+            from ..trainers.model_io.reader import read_vae_file
 
-        vae_sd = read_vae_file(Path(vae_path))
-    host_file = host_loadable_file(handle)
-    log.info("likeness: loading %s for ComfyUI from %s (ema=%s)", ckpt_path, host_file, ema)
+            vae_sd = read_vae_file(Path(vae_path))
+    host_file = host_loadable_file(host_handle)
+    log.info("likeness: loading %s for ComfyUI from %s (ema=%s, vae=%s)", ckpt_path, host_file, ema, vae_path)
     model, clip, vae = bridge.load_checkpoint_for_host(host_file)
     if vae_sd is not None:
         vae = bridge.vae_from_state_dict(vae_sd)
-        del vae_sd
-        sources = dict(handle.info.get("sources") or {}, vae=str(vae_path))
-        handle = dataclasses.replace(
-            handle, vae_path=str(Path(vae_path).resolve()), info={**handle.info, "sources": sources}
-        )
     return model, clip, vae, handle
 
 

@@ -23,6 +23,7 @@ class FakeHost:
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.loaded: list[str] = []
+        self.loaded_keys: list[list[str]] = []
         self.vaes: list[dict] = []
 
     def folder_paths(self) -> types.ModuleType:
@@ -53,6 +54,7 @@ class FakeHost:
             assert any(k.startswith("model.diffusion_model.") for k in keys)
             assert embedding_directory == [str(host.dirs["embeddings"])]
             host.loaded.append(str(ckpt_path))
+            host.loaded_keys.append(keys)
             return ("MODEL", "CLIP", "VAE", None)
 
         class VAE:
@@ -189,6 +191,27 @@ def test_separate_vae_is_given_as_a_state_dict(host, loaders, tiny_checkpoint):
     assert handle.vae_path == str((host.dirs["vae"] / "my_vae.safetensors").resolve())
     assert handle.key != own.key and handle.content_hash == own.content_hash
     assert handle.info["sources"]["vae"].endswith("my_vae.safetensors")
+
+
+def test_file_without_vae_gets_the_chosen_vae_baked_into_the_host_copy(host, loaders, tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from likeness_pack.trainers.errors import CheckpointError
+
+    sd = load_file(str(tiny_checkpoint))
+    vae_sd = {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    save_file({k: v for k, v in sd.items() if k not in vae_sd}, str(host.dirs["checkpoints"] / "novae.safetensors"))
+    save_file(vae_sd, str(host.dirs["vae"] / "v.safetensors"))
+    node = _node(loaders)
+    with pytest.raises(CheckpointError, match="VAE"):
+        node.load("novae.safetensors")
+    assert host.loaded == []
+    *_, handle = node.load("novae.safetensors", vae_name="v.safetensors")
+    (given,) = host.loaded
+    assert Path(given).is_relative_to(tmp_path / "cache")
+    assert set(vae_sd) <= set(host.loaded_keys[0])
+    assert host.vaes == []  # the host's VAE came from the copy
+    assert handle.vae_path.endswith("v.safetensors")
 
 
 def test_is_changed_follows_the_file(host, loaders, tiny_checkpoint):
