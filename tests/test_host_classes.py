@@ -149,3 +149,47 @@ def test_bad_inputs_are_refused_before_generating(host, change, words):
     assert result.status == "rejected", result
     assert words in result.error
     assert sorted(host.output_dir.rglob("*")) == before
+
+
+def _defaults(host, node: str) -> dict:
+    """Every required input of a node at its default (what a fresh node on the canvas holds)."""
+    out = {}
+    for name, spec in host.object_info(node)["input"]["required"].items():
+        kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
+    return out
+
+
+def test_dreambooth_trains_with_this_nodes_class_set(host):
+    """Generate Class Images -> DreamBooth Train (class_images input): prior preservation runs on our folder."""
+    from train_helpers import subject_images
+
+    subject_images(host.input_dir / "classes_e2e_subject", n=2, size=64)
+    options = _defaults(host, "LikenessTrainingOptions")
+    options.update(sample_steps=2, gradient_checkpointing=False)
+    train = _defaults(host, "LikenessDreamBoothTrain")
+    train.update(
+        model=["1", 3],
+        output_name="classes_e2e",
+        instance_prompt="a photo of sks person",
+        class_prompt="ignored: the class set carries its own prompt",
+        steps=2,
+        resolution=64,
+        learning_rate=1e-4,
+        train_text_encoder=False,
+        instance_folder="classes_e2e_subject",
+        class_images=["2", 0],
+        options=["9", 0],
+    )
+    graph = _prompt(count=2, class_prompt="a photo of a person, e2e")
+    graph["3"] = {"class_type": "LikenessDreamBoothTrain", "inputs": train}
+    graph["9"] = {"class_type": "LikenessTrainingOptions", "inputs": options}
+    result = host.run(graph, timeout=600).check()
+    report = _report(result)
+    assert report["count"] == 2
+    sidecar = host.checkpoints_dir / "likeness" / "classes_e2e.likeness.json"
+    data = json.loads(sidecar.read_text())
+    assert len(data["losses_prior"]) == 2  # the prior (class) loss was computed at every step
+    config = json.loads(data["metadata"]["likeness.config"])
+    assert config["class_prompt"] == "a photo of a person, e2e" and config["prior_preservation"] is True
+    assert (host.checkpoints_dir / "likeness" / "classes_e2e.safetensors").is_file()
