@@ -168,6 +168,8 @@ def chrome():
     opts.binary_location = CHROMIUM
     for flag in CHROME_FLAGS:
         opts.add_argument(flag)
+    if os.environ.get("LIKENESS_MONITOR_SCREENSHOT"):
+        opts.add_argument("--force-device-scale-factor=2")  # a sharp picture for the README
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium Manager would otherwise try to download one.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -308,3 +310,263 @@ def test_monitor_draws_fake_events_in_dom_and_canvas_modes(page):
                     "arguments[0]", f"app.graph.getNodeById({node_id})"
                 )
             )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real training runs queued from the page: LikenessLoadCheckpoint -> LikenessDreamBoothTrain -> PreviewImage
+
+CKPT_NAME = "monitor_tiny_sd15.safetensors"
+SUBJECT_FOLDER = "monitor_subject"
+
+
+@pytest.fixture(scope="module")
+def training_inputs(request):
+    """The tiny ComfyUI-loadable checkpoint and a few synthetic subject photos, in the test host's folders."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    host = request.getfixturevalue("comfy_host")
+    ckpt = request.getfixturevalue("comfy_tiny_checkpoint")
+    dest = host.checkpoints_dir / CKPT_NAME
+    if not dest.exists():
+        dest.symlink_to(ckpt)
+    folder = host.input_dir / SUBJECT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        im = Image.new("RGB", (96, 96), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        d = ImageDraw.Draw(im)
+        x, y = (int(v) for v in rng.integers(10, 50, 2))
+        d.ellipse([x, y, x + 40, y + 40], fill=(230, 190, 150))
+        im.save(folder / f"subject_{i}.png")
+    return host
+
+
+def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int = 0) -> dict:
+    """An API prompt for a tiny DreamBooth run; every input the nodes declare is filled (defaults from object_info)."""
+
+    def defaults(node_class: str) -> dict:
+        info = host.object_info(node_class)["input"]
+        out = {}
+        for key, spec in info.get("required", {}).items():
+            typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if isinstance(typ, list):
+                out[key] = opts.get("default", typ[0])
+            elif "default" in opts:
+                out[key] = opts["default"]
+        return out
+
+    options = defaults("LikenessTrainingOptions")
+    options.update(
+        sample_steps=2, sample_guidance=1.0, sample_at_end=False, save_state_on_stop=False, gradient_checkpointing=False
+    )
+    options = {
+        k: v for k, v in options.items() if k in host.object_info("LikenessTrainingOptions")["input"]["required"]
+    }
+    train = defaults("LikenessDreamBoothTrain")
+    train.update(
+        model=["1", 3],
+        options=["2", 0],
+        output_name=name,
+        instance_folder=SUBJECT_FOLDER,
+        instance_prompt="a photo of sks thing",
+        steps=steps,
+        sample_every=sample_every,
+        resolution=64,
+        batch_size=1,
+        learning_rate=1e-5,
+        train_text_encoder=False,
+        seed=seed,
+        force_retrain=True,
+    )
+    return {
+        "1": {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": CKPT_NAME}},
+        "2": {"class_type": "LikenessTrainingOptions", "inputs": options},
+        "3": {"class_type": "LikenessDreamBoothTrain", "inputs": train},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
+    }
+
+
+FOCUS_NODE = """
+// show the whole training node at the top left (it is tall: many options + the monitor)
+const node = app.graph.getNodeById(args[0]);
+const rect = app.canvas.canvas.getBoundingClientRect();
+const t = LiteGraph.NODE_TITLE_HEIGHT;
+const scale = Math.min(1, (rect.height - 40) / (node.size[1] + t));
+app.canvas.ds.scale = scale;
+app.canvas.ds.offset = [20 / scale - node.pos[0], 20 / scale + t - node.pos[1]];
+app.graph.setDirtyCanvas(true, true);
+return scale;
+"""
+
+LOAD_AND_QUEUE = """
+const [prompt, queue] = args;
+app.loadApiJson(prompt);
+const node = app.graph.getNodeById(3);
+if (!node || !node.likenessMonitor) throw new Error("the training node has no monitor");
+// a readable layout: loader and options on the left, training in the middle, preview on the right
+app.graph.getNodeById(1).pos = [0, 0];
+app.graph.getNodeById(2).pos = [0, 160];
+node.pos = [420, 0];
+app.graph.getNodeById(4).pos = [440 + node.size[0], 0];
+if (!queue) return null;
+// what the Queue button does: the graph as the page serializes it, posted with this page's client id
+const {api} = await import("/scripts/api.js");
+const p = await app.graphToPrompt();
+if (Object.values(p.output).some((n) => Object.keys(n.inputs).includes("likeness_monitor")))
+  throw new Error("the monitor widget leaked into the prompt");
+const res = await api.queuePrompt(0, p);
+return res.prompt_id;
+"""
+
+
+def wait_state(page: Page, node_id, predicate, timeout: float, what: str, host=None, prompt_id=None) -> dict:
+    """Poll the monitor's state until ``predicate``; gives up early when the prompt ended without it."""
+    deadline = time.monotonic() + timeout
+    st = None
+    ended = None
+    while time.monotonic() < deadline:
+        st = page.state(node_id)
+        if st and predicate(st):
+            return st
+        if prompt_id is not None:
+            if ended is None and host.history(prompt_id) is not None:
+                ended = time.monotonic()
+            if ended is not None and time.monotonic() - ended > 5:
+                entry = host.history(prompt_id)
+                raise AssertionError(f"the prompt ended before {what}: {entry.get('status')}; monitor state: {st}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; monitor state: {st}")
+
+
+def save_monitor_screenshot(page: Page, node_id, path: Path) -> None:
+    """A PNG of the training node (title, options and the monitor) as it is on screen now."""
+    import io
+
+    from PIL import Image
+
+    page.js("app.canvas.show_info = false; app.canvas.draw(true, true)")
+    x, y, w, h = page.js(
+        "const n = app.graph.getNodeById(arguments[0]); const ds = app.canvas.ds;"
+        "const r = app.canvas.canvas.getBoundingClientRect(); const t = LiteGraph.NODE_TITLE_HEIGHT;"
+        "return [(n.pos[0] + ds.offset[0]) * ds.scale + r.left, (n.pos[1] - t + ds.offset[1]) * ds.scale + r.top,"
+        " n.size[0] * ds.scale, (n.size[1] + t) * ds.scale];",
+        node_id,
+    )
+    shot = Image.open(io.BytesIO(page.driver.get_screenshot_as_png()))
+    k = shot.width / page.js("return window.innerWidth")
+    m = 12
+    box = [int((x - m) * k), int((y - m) * k), int((x + w + m) * k), int((y + h + m) * k)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    shot.crop(box).save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, path)
+
+
+def test_monitor_follows_a_real_training_run(page, training_inputs):
+    """Queue a tiny DreamBooth run from the page: the chart, the step counter and the samples follow it live."""
+    host = training_inputs
+    shot = os.environ.get("LIKENESS_MONITOR_SCREENSHOT")
+    steps, every = (20, 5) if shot else (4, 2)  # the README picture gets a longer curve
+    prompt = training_prompt(host, steps=steps, sample_every=every, name="monitor_live", seed=1)
+    prompt_id = page.js_async(LOAD_AND_QUEUE, prompt, True)
+    assert prompt_id
+    page.js_async(FOCUS_NODE, 3)
+    shot_taken = False
+    running_steps = set()  # what the page showed while the run was going: it must move live
+    deadline = time.monotonic() + 600
+    ended_at = None
+    while True:
+        st = page.state(3)
+        if ended_at is None and host.history(prompt_id) is not None:
+            ended_at = time.monotonic()  # the prompt is over: the page gets a moment for the last events
+        if ended_at is not None and time.monotonic() - ended_at > 5:
+            break
+        if st["status"] == "running":
+            running_steps.add(st["step"])
+            if shot and st["samples"] >= 1 and len(st["points"]) >= 4 and st["phase"] == "training":
+                save_monitor_screenshot(page, 3, ROOT / shot)  # mid-run (the last such moment is kept)
+                shot_taken = True
+        elif st["status"] != "idle":
+            break
+        assert time.monotonic() < deadline, f"the run did not end in time; monitor state: {st}"
+        time.sleep(0.2)
+    result = host.wait(prompt_id, timeout=120)
+    assert result.status == "success", result.error
+    assert shot_taken or not shot, "no mid-run moment with a sample on screen for the screenshot"
+    assert st["status"] == "finished", st
+    assert len({n for n in running_steps if 0 < n < steps}) >= 2, f"no live updates seen: {sorted(running_steps)}"
+    assert st["step"] == st["total"] == steps
+    assert len(st["points"]) >= 3 and [p["step"] for p in st["points"]] == sorted({p["step"] for p in st["points"]})
+    assert all(p["loss"] > 0 for p in st["points"])
+    assert st["path"] and st["path"].endswith(".safetensors")
+    # the counter on screen, the chart pixels, the sample thumbnails really loaded from /view
+    el = "app.graph.getNodeById(3).likenessMonitor.element"
+    assert page.js(f"return {el}.querySelector('.likeness-monitor-status b').textContent") == f"{steps}/{steps}"
+    assert count_color_pixels(page, f"{el}.querySelector('canvas')", SMOOTH_RGB) > 30
+    assert st["thumbnails"], st
+    thumbs = page.wait_js(
+        f"const im = [...{el}.querySelectorAll('.likeness-monitor-thumbs img')];"
+        "return im.length && im.every((i) => i.complete && i.naturalWidth > 0) ? im.map((i) => i.src) : null;",
+        30,
+        what="the sample thumbnails to load",
+    )
+    assert all("/view?" in t and "type=temp" in t for t in thumbs)
+    # the files the thumbnails show are the samples the node wrote into ComfyUI's temp folder
+    files = {Path(p).name for p in result.images("3")}
+    assert files and any(Path(t.split("filename=")[1].split("&")[0]).name in files for t in thumbs)
+
+
+def test_reload_mid_run_shows_the_history_then_stop_ends_it(page, training_inputs):
+    """A page reloaded mid-run catches up from /likeness/status; its Stop button interrupts the run."""
+    host = training_inputs
+    prompt = training_prompt(host, steps=400, sample_every=0, name="monitor_stop", seed=2)
+    prompt_id = page.js_async(LOAD_AND_QUEUE, prompt, True)
+    page.js_async(FOCUS_NODE, 3)
+    wait_state(page, 3, lambda s: s["status"] == "running" and len(s["points"]) >= 3, 600, "3 steps", host, prompt_id)
+    time.sleep(1.5)  # the 2024 page saves the workflow to localStorage every second; reload restores it
+
+    page.reload()
+    if not page.js("const n = app.graph.getNodeById(3); return !!(n && n.likenessMonitor)"):
+        page.js_async(LOAD_AND_QUEUE, prompt, False)  # a frontend that does not restore the last workflow
+    st = page.state(3)
+    assert st["status"] == "running", st
+    steps_seen = [p["step"] for p in st["points"]]
+    assert len(steps_seen) >= 3 and steps_seen[0] == 1, f"history not restored after the reload: {steps_seen}"
+    status = host.get_json("/likeness/status")
+    assert status["run"]["node_id"] == "3" and status["run"]["state"] == "running"
+
+    page.js_async(FOCUS_NODE, 3)
+    page.click_monitor_button(3, "stop")
+    st = wait_state(page, 3, lambda s: s["status"] != "running", 120, "the run to end after Stop")
+    result = host.wait(prompt_id, timeout=120)
+    assert result.status == "interrupted", result
+    assert st["status"] == "stopped" and st["step"] < st["total"]
+    assert host.get_json("/likeness/status")["run"]["state"] == "stopped"
+    stop_disabled = page.js(
+        "return app.graph.getNodeById(3).likenessMonitor.element.querySelector('.likeness-monitor-stop').disabled"
+    )
+    assert stop_disabled
+
+
+def test_monitor_only_on_training_nodes(page):
+    """The real training node types get a monitor (and keep their own widgets); other nodes do not."""
+    found = page.js_async(
+        """
+        const out = {};
+        for (const type of ["LikenessDreamBoothTrain", "LikenessLoRATrain", "LikenessLoadCheckpoint", "KSampler"]) {
+          if (!LiteGraph.registered_node_types[type]) continue;
+          const n = LiteGraph.createNode(type);
+          app.graph.add(n);
+          out[type] = {monitor: !!n.likenessMonitor, widgets: n.widgets.map((w) => w.name)};
+          app.graph.remove(n);
+        }
+        return out;
+        """
+    )
+    assert found["LikenessDreamBoothTrain"]["monitor"], found
+    assert "steps" in found["LikenessDreamBoothTrain"]["widgets"]
+    assert found["LikenessDreamBoothTrain"]["widgets"][-1] == "likeness_monitor"
+    if "LikenessLoRATrain" in found:  # the LoRA node, once the pack has it
+        assert found["LikenessLoRATrain"]["monitor"], found
+    assert not found["LikenessLoadCheckpoint"]["monitor"] and not found["KSampler"]["monitor"]

@@ -150,18 +150,23 @@ async function loadStatus() {
     return; // an older server without the route, or offline: live events still work
   }
   if (!snap || !snap.run) return;
-  const known = runs.get(String(snap.run.node_id ?? ""));
-  const fresh = !known || known.status !== "running" || snap.run.state === "running";
-  if (!fresh) return;
-  // Rebuild from the server's record, then re-apply anything that arrived live meanwhile (deduped by step).
-  const live = known ? [...known.points.values()] : [];
+  // Rebuild the run from the server's record, then merge what arrived live while the request was out.
+  const live = runs.get(String(snap.run.node_id ?? ""));
   applyEvent("start", snap.run);
   for (const p of snap.history ?? []) applyEvent("progress", p);
   for (const s of snap.samples ?? []) applyEvent("sample", s);
-  const run = runFor(snap.run.node_id);
-  for (const p of live) if (!run.points.has(p.step)) run.points.set(p.step, p);
   if (snap.run.state && snap.run.state !== "running") applyEvent("end", snap.run);
   else if (snap.run.last) applyEvent("progress", snap.run.last);
+  const run = runFor(snap.run.node_id);
+  if (live) {
+    for (const p of live.points.values()) if (!run.points.has(p.step)) run.points.set(p.step, p);
+    for (const smp of live.samples) {
+      if (!run.samples.some((x) => x.step === smp.step && x.images[0]?.url === smp.images[0]?.url)) run.samples.push(smp);
+    }
+    run.samples.sort((a, b) => a.step - b.step);
+    if (live.step > run.step) Object.assign(run, { step: live.step, phase: live.phase, loss: live.loss, eta: live.eta });
+    if (live.status !== "running") Object.assign(run, { status: live.status, message: live.message, path: live.path });
+  }
   refreshAll();
 }
 
