@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,43 @@ def test_result_images_map_to_output_and_temp(tmp_path):
     assert sorted(result.images()) == sorted([tmp_path / "out" / "x" / "a.png", tmp_path / "tmp" / "b.png"])
     with pytest.raises(AssertionError, match="status 'error'"):
         harness.RunResult("p", "error", error="boom").check()
+
+
+def test_setup_lock_excludes_a_second_process(tmp_path):
+    """Two processes preparing the same host: the second waits (here: gives up after a short timeout)."""
+    lock = tmp_path / ".venv.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl, time; f = open({str(lock)!r}, 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(harness.HostSetupError, match="timed out waiting"), harness._file_lock(lock, timeout=1.0):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with harness._file_lock(lock, timeout=5.0):  # free again once the holder is gone
+        pass
+
+
+def test_add_model_links_into_the_model_folders(tmp_path):
+    install = harness.HostInstall(tmp_path / "comfy", Path(sys.executable), "test")
+    host = harness.ComfyHost(install, tmp_path / "work")
+    (host.models_dir / "loras").mkdir(parents=True)
+    src = tmp_path / "a.safetensors"
+    src.write_bytes(b"x")
+    assert host.add_model("loras", src) == "a.safetensors"
+    assert host.add_model("loras", src) == "a.safetensors"  # idempotent
+    assert (host.loras_dir / "a.safetensors").resolve() == src
+    assert host.add_model("loras", src, name="b.safetensors") == "b.safetensors"
+    other = tmp_path / "c.safetensors"
+    other.write_bytes(b"y")
+    with pytest.raises(FileExistsError):
+        host.add_model("loras", other, name="a.safetensors")
+    with pytest.raises(ValueError, match="no model folder"):
+        host.add_model("nope", src)
 
 
 def _image_prompt(prefix: str) -> dict:
@@ -73,10 +112,7 @@ def test_rejected_prompt_is_reported_not_raised(comfy_host):
 @pytest.mark.host
 def test_interrupt_ends_a_running_prompt(comfy_host, comfy_tiny_checkpoint):
     """A long KSampler run is interrupted after its first progress message; the next prompt runs normally."""
-    name = "harness_interrupt.safetensors"
-    link = comfy_host.checkpoints_dir / name
-    if not link.exists():
-        link.symlink_to(comfy_tiny_checkpoint)
+    name = comfy_host.add_model("checkpoints", comfy_tiny_checkpoint, "harness_interrupt.safetensors")
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},

@@ -12,13 +12,6 @@ pytestmark = pytest.mark.host
 NODE = "LikenessLoadCheckpoint"
 
 
-def _put(folder: Path, name: str, source: Path) -> str:
-    dest = folder / name
-    if not dest.exists():
-        dest.symlink_to(source)
-    return name
-
-
 def _sample_graph(loader: dict, prefix: str, vae_from: str | None = None) -> dict:
     """loader (node "1") -> CLIPTextEncode -> KSampler (64x64, 2 steps) -> VAEDecode -> SaveImage (node "7")."""
     return {
@@ -72,7 +65,7 @@ def test_node_is_registered_with_tooltips(comfy_host):
 
 
 def test_loads_and_samples_in_the_same_graph(comfy_host, comfy_tiny_checkpoint):
-    name = _put(comfy_host.checkpoints_dir, "likeness_tiny.safetensors", comfy_tiny_checkpoint)
+    name = comfy_host.add_model("checkpoints", comfy_tiny_checkpoint, "likeness_tiny.safetensors")
     assert name in comfy_host.object_info(NODE)["input"]["required"]["ckpt_name"][0]
     log_start = len(comfy_host.log_text())
     result = comfy_host.run(_sample_graph(_likeness_loader(name), "likeness_loader"), timeout=240).check()

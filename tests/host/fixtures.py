@@ -2,8 +2,8 @@
 
 - ``comfy_host`` (session): a started ``harness.ComfyHost`` — one server for every host test. See
   ``harness.ComfyHost`` for its API (``run``, ``submit``, ``wait``, ``interrupt``, ``object_info``, ``log_text``,
-  ``ws_messages``, folders ``checkpoints_dir``, ``loras_dir``, ``vae_dir``, ``input_dir``, ``output_dir``,
-  ``temp_dir``).
+  ``ws_messages``, ``wait_for_message``, ``add_model``, folders ``checkpoints_dir``, ``loras_dir``, ``vae_dir``,
+  ``input_dir``, ``output_dir``, ``temp_dir``, ``likeness_cache``).
 - ``comfy_host_install`` (session): the prepared ``HostInstall`` (tree + python), for tests that start their own.
 
 After each test that used ``comfy_host`` the server is left idle (pending prompts dropped, a running one

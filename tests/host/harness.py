@@ -502,6 +502,23 @@ class ComfyHost:
         for d in (self.input_dir, self.output_dir, self._temp_root, self.likeness_cache):
             d.mkdir(parents=True, exist_ok=True)
 
+    def add_model(self, kind: str, source: str | Path, name: str | None = None) -> str:
+        """Link a model file into one of the server's model folders ("checkpoints", "loras", "vae", ...).
+
+        Returns the name to put in a prompt. Idempotent for the same source; ComfyUI lists new files at once.
+        """
+        folder = self.models_dir / kind
+        if not folder.is_dir():
+            raise ValueError(f"no model folder {kind!r}; one of: {', '.join(MODEL_KINDS)}")
+        source = Path(source).resolve()
+        dest = folder / (name or source.name)
+        if dest.is_symlink() and dest.resolve() == source:
+            return dest.name
+        if dest.exists() or dest.is_symlink():
+            raise FileExistsError(f"{dest} already exists (pointing elsewhere); choose another name")
+        dest.symlink_to(source)
+        return dest.name
+
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     @property
