@@ -295,7 +295,9 @@ class LikenessDreamBoothTrain:
         cfg = configspec.from_dict(self.CONFIG_CLASS, {**data, **fixed}, source=source)
         from ..trainers.train.loop import plan
 
-        prints = [_fingerprint(inst_folder)] + ([_fingerprint(cls_folder)] if cls_folder else [])
+        prints = [_fingerprint(inst_folder, "instance (subject)")]
+        if cls_folder:
+            prints.append(_fingerprint(cls_folder, "class"))
         key = result_key(model, cfg, prints)
         state_dir = state_root / f"{name}-{key[:16]}"
         cfg = configspec.from_dict(self.CONFIG_CLASS, {"state_dir": str(state_dir)}, source=source, base=cfg)
@@ -374,14 +376,14 @@ class LikenessDreamBoothTrain:
         return {"ui": ui, "result": (result, curve, images)}
 
 
-def _fingerprint(folder: str) -> str:
+def _fingerprint(folder: str, what: str) -> str:
     """Content hash of a dataset folder's images and captions (file bytes, cached by the engine's hash cache)."""
     from ..trainers.fsutil import file_sha256
     from ..trainers.train.dataset import scan_folder
 
     root = Path(folder)
     h = hashlib.sha256()
-    for path, repeats in scan_folder(root, "dataset"):
+    for path, repeats in scan_folder(root, what):
         h.update(f"{path.relative_to(root).as_posix()}:{repeats}:{file_sha256(path)}".encode())
         cap = path.with_suffix(".txt")
         if cap.is_file():

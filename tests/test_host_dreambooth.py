@@ -188,8 +188,8 @@ def test_interrupt_stops_within_two_steps_and_leaves_no_model(setup):
     host = setup
     before = _results(host)
     graph = _train_graph(host, output_name="db_cancel", steps=400, seed=5)
+    since = len(host.ws_messages)  # only this prompt's progress counts
     prompt_id = host.submit(graph)
-    since = 0
     msg = host.wait_for_message(
         lambda m: m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
         and m["data"].get("step", 0) >= 2, timeout=300, since=since,
@@ -197,7 +197,7 @@ def test_interrupt_stops_within_two_steps_and_leaves_no_model(setup):
     assert msg is not None, "training never reported progress"
     host.interrupt()
     step_at_interrupt = max(
-        m["data"]["step"] for m in host.ws_messages
+        m["data"]["step"] for m in host.ws_messages[since:]
         if m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
     )  # fmt: skip
     result = host.wait(prompt_id, timeout=300)
