@@ -36,7 +36,9 @@ class Recorder(Callbacks):
 def test_learns_subject_with_prior_in_every_step(tiny_components, tmp_path):
     subject_images(tmp_path / "inst")
     class_images(tmp_path / "cls")
-    cfg = tiny_config(tmp_path, steps=32, class_data=str(tmp_path / "cls"), prior_preservation=True, sample_every=16)
+    cfg = tiny_config(
+        tmp_path, steps=32, class_data=str(tmp_path / "cls"), prior_preservation=True, sample_every=16, sample_steps=3
+    )
     c = fresh(tiny_components)
     unet0, vae0, te0 = state(c.unet), state(c.vae), state(c.text_encoder)
     batches, captions = [], []
