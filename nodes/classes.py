@@ -109,6 +109,21 @@ class LikenessGenerateClassImages:
         return {"required": required, "optional": optional, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @classmethod
+    def IS_CHANGED(cls, model: Any = None, images: Any = None, **values: Any) -> str:
+        """Which images of the set are on disk: re-run when some went missing (deleted by hand), not otherwise.
+
+        Cheap (a folder listing, no model). The host passes ``model`` only when the loader's output is cached.
+        """
+        if images is not None or model is None or not hasattr(model, "content_hash"):
+            return ""
+        try:
+            cg = _classgen()
+            plan = cg.plan_class_set(_config(values), cg.model_key_of(model), bridge.output_dir())
+        except Exception as e:  # noqa: BLE001 - generate() reports bad settings with a proper message
+            return f"error: {e}"
+        return f"{plan.key}:{plan.count}:{len(plan.missing)}:{','.join(map(str, plan.missing[:50]))}"
+
+    @classmethod
     def VALIDATE_INPUTS(
         cls, class_prompt, negative_prompt, count, resolution, steps, cfg, sampler, class_seed, batch_size
     ):
