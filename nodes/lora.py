@@ -55,6 +55,7 @@ class LikenessExtractLoRA:
     )
     CATEGORY = "Likeness/training"
     FUNCTION = "extract"
+    OUTPUT_NODE = True  # it saves a file: runs even when nothing is connected to its output
     RETURN_TYPES = ("LIKENESS_TRAINED",)
     RETURN_NAMES = ("lora",)
     OUTPUT_TOOLTIPS = ("The extracted LoRA (its file is in models/loras/likeness/).",)

@@ -267,3 +267,37 @@ def test_out_of_range_lora_options_are_rejected_by_the_host(setup, widgets):
     result = setup.run(_train_graph(setup, **widgets), timeout=60)
     assert result.status == "rejected", result
     assert list(widgets)[0] in result.error
+
+
+def test_extract_lora_from_a_dreambooth_result(setup, tmp_path):
+    """DreamBooth Train -> Extract LoRA in the server; the extracted file loads fully in the core LoraLoader."""
+    host = setup
+    opts = _defaults(host, "LikenessTrainingOptions")
+    opts.update(sample_steps=2, gradient_checkpointing=False, sample_prompts="")
+    db = _defaults(host, "LikenessDreamBoothTrain")
+    db.update(
+        model=["1", 3], output_name="lora_extract_db", instance_prompt="a photo of sks shape", steps=2,
+        resolution=RES, learning_rate=1e-3, train_text_encoder=True, instance_folder="lora_subject",
+        options=["9", 0],
+    )  # fmt: skip
+    graph = {
+        "1": {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
+        "2": {"class_type": "LikenessDreamBoothTrain", "inputs": db},
+        "9": {"class_type": "LikenessTrainingOptions", "inputs": opts},
+        "3": {"class_type": "LikenessExtractLoRA", "inputs": {
+            "trained": ["2", 0], "rank": 8, "layers": "attention_ff", "text_encoder": True,
+            "output_name": "lora_extracted"}},
+    }  # fmt: skip
+    host.run(graph, timeout=900).check()
+    (extracted,) = [p for p in _loras(host) if p.name == "lora_extracted.safetensors"]
+    from trainers.lora import kohya
+
+    f = kohya.read_kohya(extracted)
+    assert f.metadata["likeness.kind"] == "lora_extract" and f.metadata["ss_network_dim"] == "8"
+    assert f.unet_layers and f.text_encoder_layers
+    got = _comfy_patches(host, extracted, 1.0, tmp_path)
+    assert "lora key not loaded" not in got["log"] and "NOT LOADED" not in got["log"], got["log"]
+    assert len(got["unet"]) == len(f.unet_layers) and len(got["clip"]) == len(f.text_encoder_layers)
+    base_img = _pixels(host.run(_sample_graph(None, 0.0, "extract_base"), timeout=300).check())
+    on_img = _pixels(host.run(_sample_graph(f"likeness/{extracted.name}", 1.0, "extract_on"), timeout=300).check())
+    assert np.abs(on_img - base_img).max() > 0
