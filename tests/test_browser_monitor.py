@@ -6,7 +6,8 @@ really on screen: chart pixels, loaded thumbnail images, the Stop button's effec
 
 Skipped only where Debian's ``chromium``/``chromium-driver`` are missing (``scripts/test.sh`` installs them when it
 can). ``LIKENESS_MONITOR_SCREENSHOT=docs/monitor.png`` makes the live-run test save a screenshot of the monitor
-mid-run (the one in the README).
+mid-run (the one in the README). ``LIKENESS_BROWSER_URL=http://127.0.0.1:8188`` points the page at a ComfyUI you
+started yourself (e.g. a current frontend) for the tests that need no training run.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ def page(chrome, request):
     p.open()
     yield p
     assert not p.problems_from_us(), f"errors from the Likeness extension: {p.problems_from_us()}"
-    if not os.environ.get("LIKENESS_BROWSER_URL"):
-        # The test host's page is otherwise clean: any error at all is a finding (the favicon 404 is expected).
+    if not (os.environ.get("LIKENESS_BROWSER_URL") or os.environ.get("COMFYUI_DIR")):
+        # The bundled 2024-03 page is otherwise clean: any error at all is a finding (the favicon 404 is expected).
+        # Newer frontends log their own errors offline (update checks, templates), so there only ours count.
         assert not p.console_errors(), f"browser console errors: {p.console_errors()}"
         assert not p.page_errors(), f"uncaught errors in the page: {p.page_errors()}"
 
