@@ -440,26 +440,14 @@ def make_scheduler(noise_scheduler: Any, sampler: str):
 
 
 def build_pipeline(components: Any, sampler: str):
-    """A diffusers ``StableDiffusionPipeline`` sharing our components' modules (no copy, no safety checker), SDPA."""
-    from diffusers import StableDiffusionPipeline
+    """A pipeline sharing our components' modules (no copy, no safety checker), with SDPA attention."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    for module in (components.unet, components.vae, components.text_encoder):
-        module.eval()
+    from .model_io import make_pipeline
+
     components.unet.set_attn_processor(AttnProcessor2_0())
     components.vae.set_attn_processor(AttnProcessor2_0())
-    pipe = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=make_scheduler(components.noise_scheduler, sampler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return make_pipeline(components, make_scheduler(components.noise_scheduler, sampler))
 
 
 def _batches(missing: Sequence[int], batch_size: int) -> list[list[int]]:

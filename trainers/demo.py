@@ -190,9 +190,9 @@ def sample(model_path: Path, tokenizer: Any, prompt: str, size: tuple[int, int],
            report: DemoReport, lora: Path | None = None, title: str = "samples") -> Path:  # fmt: skip
     """Sample with a trained checkpoint (or the base + a LoRA) at a portrait 3:4 size; writes a PNG."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
-    from .model_io import load_components
+    from .model_io import load_components, make_pipeline
 
     comps = load_components(model_path, tokenizer=tokenizer)
     if lora is not None:  # merge the LoRA file into the base weights (what a loader does at strength 1)
@@ -202,17 +202,7 @@ def sample(model_path: Path, tokenizer: Any, prompt: str, size: tuple[int, int],
         unet_layers, te_layers = resolve(read_kohya(lora), comps.unet, comps.text_encoder, source=str(lora))
         merge_into(comps.unet, unet_layers)
         merge_into(comps.text_encoder, te_layers)
-    pipe = StableDiffusionPipeline(
-        vae=comps.vae,
-        text_encoder=comps.text_encoder,
-        tokenizer=comps.tokenizer,
-        unet=comps.unet,
-        scheduler=DDIMScheduler.from_config(comps.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_pipeline(comps, DDIMScheduler.from_config(comps.noise_scheduler.config))
     width, height = size
     images = pipe(
         [prompt] * 2,

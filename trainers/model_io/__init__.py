@@ -2,7 +2,7 @@
 pack's own SD1.5 configs, export one LDM-layout ``.safetensors``. Imports torch/diffusers: import it lazily from
 node modules."""
 
-from .components import Components, components_to_ldm, load_components, make_noise_scheduler
+from .components import Components, components_to_ldm, load_components, make_noise_scheduler, make_pipeline
 from .detect import detect_architecture
 from .export import host_loadable_file, make_model_handle, save_single_file
 from .reader import Checkpoint, inspect_checkpoint, read_checkpoint
@@ -19,6 +19,7 @@ __all__ = [
     "load_tokenizer",
     "make_model_handle",
     "make_noise_scheduler",
+    "make_pipeline",
     "read_checkpoint",
     "save_single_file",
 ]

@@ -395,3 +395,24 @@ def load_components(source: Any, *, tokenizer: Any = None, dtype=None, device: A
     vae.to(device)
     te.to(device)
     return Components(unet, vae, te, tok, make_noise_scheduler(sched_cfg), info)
+
+
+def make_pipeline(components: Components, scheduler: Any):
+    """A diffusers ``StableDiffusionPipeline`` sharing ``components``' modules (no copies, no safety checker), in eval
+    mode with its progress bar off. ``scheduler`` is a diffusers scheduler made by the caller (sampler choice)."""
+    from diffusers import StableDiffusionPipeline
+
+    for module in (components.unet, components.vae, components.text_encoder):
+        module.eval()
+    pipe = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

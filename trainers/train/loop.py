@@ -749,24 +749,15 @@ def sample_prompts(cfg) -> list[str]:
 def sample_images(components, prompts: list[str], cfg, device, *, stop=None, autocast=None) -> list:
     """One image per prompt from the current weights: DDIM, fixed seed, no safety checker. Returns PIL images."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    from ..model_io import make_pipeline
 
     c = components
-    pipe = StableDiffusionPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        scheduler=DDIMScheduler.from_config(
-            c.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    scheduler = DDIMScheduler.from_config(
+        c.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
-    pipe.set_progress_bar_config(disable=True)
-    c.unet.eval()
-    c.text_encoder.eval()
+    pipe = make_pipeline(c, scheduler)
     factor = 2 ** (len(c.vae.config.block_out_channels) - 1)  # 8 for SD's VAE
     images = []
     for i, prompt in enumerate(prompts):
