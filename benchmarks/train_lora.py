@@ -1,6 +1,7 @@
 """Seconds per step and peak memory: LoRA next to DreamBooth on the same model, data and loop.
 
     python benchmarks/train_lora.py [--steps 8] [--resolution 64] [--model comfy_tiny|tiny] [--device cpu|cuda]
+                                    [--threads 1]
 
 Each method runs in its own process (so peak memory is its own): the ComfyUI-sized tiny SD1.5 (320-channel UNet,
 full CLIP-L text encoder, SD VAE) built in code, 3 subject images, no prior preservation, batch 1, AdamW, fp32 on
@@ -51,9 +52,10 @@ def _images(folder: Path, n: int, size: int) -> None:
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-def run_one(label: str, steps: int, resolution: int, model: str, device: str) -> dict:
+def run_one(label: str, steps: int, resolution: int, model: str, device: str, threads: int) -> dict:
     import torch
 
+    torch.set_num_threads(threads)
     from trainers.configspec import from_dict
     from trainers.lora.config import LoRAConfig
     from trainers.tiny import comfy_tiny_components, tiny_components
@@ -91,7 +93,7 @@ def run_one(label: str, steps: int, resolution: int, model: str, device: str) ->
     t0 = time.perf_counter()
     outcome = train(cfg, components=components, callbacks=Timer())
     total = time.perf_counter() - t0
-    per_step = [b - a for a, b in zip(stamps, stamps[1:])]
+    per_step = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     trainable = 0
     for module in (components.unet, components.text_encoder):
         trainable += sum(p.numel() for n, p in module.named_parameters() if kind == "dreambooth" or "lora_" in n)
@@ -118,16 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--model", choices=("comfy_tiny", "tiny"), default="comfy_tiny")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.steps, args.resolution, args.model, args.device)))
+        print(json.dumps(run_one(args.one, args.steps, args.resolution, args.model, args.device, args.threads)))
         return 0
     rows = []
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     for label in METHODS:
         cmd = [sys.executable, __file__, "--one", label, "--steps", str(args.steps), "--resolution",
-               str(args.resolution), "--model", args.model, "--device", args.device]  # fmt: skip
+               str(args.resolution), "--model", args.model, "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-2000:], file=sys.stderr)
