@@ -298,7 +298,7 @@ return {workflow: p.workflow, output: p.output};
 FIT_JS = r"""
 // Fit the whole graph into the window (at most 1:1), hide the menu; returns the graph's height on screen.
 for (const el of document.querySelectorAll(".comfy-menu, .comfy-settings-btn")) el.style.display = "none";
-app.canvas.render_info = false;
+app.canvas.show_info = false;
 const canvas = app.canvas, nodes = app.graph._nodes;
 let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
 for (const n of nodes) {
