@@ -124,7 +124,7 @@ def add_adapters(
         r=int(rank),
         lora_alpha=float(alpha),
         lora_dropout=float(dropout),
-        target_modules=[_exact(n) for n in names] if len(names) < 2 else "^(" + "|".join(map(_exact, names)) + ")$",
+        target_modules="^(" + "|".join(map(_exact, names)) + ")$",  # a regex: peft full-matches it
         rank_pattern={_exact(k): int(v) for k, v in (ranks or {}).items() if int(v) != int(rank)},
         alpha_pattern={_exact(k): float(v) for k, v in (alphas or {}).items() if float(v) != float(alpha)},
         init_lora_weights=True,
