@@ -96,7 +96,8 @@ def vision_config_from_state_dict(sd: dict[str, Any]):
     )
 
 
-def text_config_from_state_dict(sd: dict[str, Any]):
+def text_config_from_state_dict(sd: dict[str, Any], eos_token_id: int = 2):
+    """A ``CLIPTextConfig`` read off the shapes. ``eos_token_id=2`` is OpenAI CLIP's: pool at the highest token id."""
     from transformers import CLIPTextConfig
 
     hidden = sd["text_model.embeddings.token_embedding.weight"].shape[1]
@@ -109,6 +110,7 @@ def text_config_from_state_dict(sd: dict[str, Any]):
         max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
         projection_dim=sd["text_projection.weight"].shape[0],
         hidden_act="quick_gelu",
+        eos_token_id=eos_token_id,
     )
 
 
@@ -129,7 +131,7 @@ def load_clip_vision(path: str | Path, device: str = "cpu", dtype=None):
     return model.to(device, dtype or torch.float32).eval()
 
 
-def load_clip_text(path: str | Path, device: str = "cpu", dtype=None):
+def load_clip_text(path: str | Path, device: str = "cpu", dtype=None, eos_token_id: int = 2):
     """``CLIPTextModelWithProjection`` from a file holding ``text_model.*`` and ``text_projection.weight``."""
     import torch
     from transformers import CLIPTextModelWithProjection
@@ -141,7 +143,7 @@ def load_clip_text(path: str | Path, device: str = "cpu", dtype=None):
             f"{path} has no CLIP text tower with 'text_projection.weight'; CLIP-T needs e.g. ComfyUI's "
             "models/clip/clip_l.safetensors"
         )
-    model = CLIPTextModelWithProjection(text_config_from_state_dict(sd))
+    model = CLIPTextModelWithProjection(text_config_from_state_dict(sd, eos_token_id))
     sd = {k: v for k, v in sd.items() if k.startswith(("text_model.", "text_projection.")) and "position_ids" not in k}
     model.load_state_dict(sd, strict=True)
     return model.to(device, dtype or torch.float32).eval()

@@ -67,10 +67,19 @@ def _checker(a, b, cell: int, ox: int = 0, oy: int = 0, stripes: bool = False) -
 
 def class_image(rng: np.random.Generator) -> Image.Image:
     """One class sample: a plain circle, square or triangle of a random colour at a random place."""
+    return class_image_and_kind(rng)[0]
+
+
+def class_image_and_kind(rng: np.random.Generator) -> tuple[Image.Image, str]:
     img = _solid(BACKGROUND)
     kind = KINDS[int(rng.integers(len(KINDS)))]
     img.paste(_solid(_colour(rng)), (0, 0), _mask(kind, _box(rng)))
-    return img
+    return img, kind
+
+
+def class_caption(kind: str, rng: np.random.Generator, generic: float = 0.5) -> str:
+    """The class prompt, or (with probability ``1 - generic``) one naming the kind: "a photo of a circle"."""
+    return CLASS_PROMPT if rng.random() < generic else f"a photo of a {kind}"
 
 
 def class_images(n: int, seed: int) -> list[Image.Image]:
