@@ -73,11 +73,23 @@ class Page:
         self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CATCH_ERRORS})
         self.driver.get(self.url)
         self.wait_js("return !!(window.app && window.app.graph && window.LiteGraph)", timeout)
+        self.close_dialogs()
+
+    def close_dialogs(self) -> None:
+        """Newer frontends open a templates dialog on a fresh profile: close it (Escape) so clicks reach the graph."""
+        from selenium.webdriver.common.keys import Keys
+
+        for _ in range(20):
+            if not self.js("return !!document.querySelector('.p-dialog, .p-dialog-mask')"):
+                return
+            self.driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)
+            time.sleep(0.2)
 
     def reload(self, timeout: float = 60.0) -> None:
         self.drain_console()
         self.driver.refresh()
         self.wait_js("return !!(window.app && window.app.graph && window.LiteGraph)", timeout)
+        self.close_dialogs()
 
     def js(self, script: str, *args):
         return self.driver.execute_script(script, *args)
@@ -153,10 +165,11 @@ class Page:
         return self.js("return window.__pageErrors || []")
 
     def problems_from_us(self) -> list[str]:
-        """Console errors/warnings and uncaught errors that come from our extension (its URL or its name)."""
+        """Console errors/warnings and uncaught errors that come from our extension (its file or its name)."""
         self.drain_console()
-        ours = [e["message"] for e in self.console if e["level"] != "INFO" and "likeness" in e["message"].lower()]
-        return ours + [e for e in self.page_errors() if "likeness" in e.lower()]
+        marks = ("likeness_monitor.js", "/extensions/likeness", "Likeness.TrainingMonitor")
+        ours = [e["message"] for e in self.console if e["level"] != "INFO" and any(m in e["message"] for m in marks)]
+        return ours + [e for e in self.page_errors() if any(m in e for m in marks)]
 
 
 @pytest.fixture(scope="module")
@@ -358,13 +371,13 @@ def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int
                 out[key] = opts["default"]
         return out
 
-    options = defaults("LikenessTrainingOptions")
-    options.update(
+    # Options: only what differs from the defaults; the page keeps the widgets' own defaults for the rest, as for a
+    # user. (A value set through a newer frontend's float widget is rounded to the widget's step: 0.999 -> 1.0.)
+    options = dict(
         sample_steps=2, sample_guidance=1.0, sample_at_end=False, save_state_on_stop=False, gradient_checkpointing=False
     )
-    options = {
-        k: v for k, v in options.items() if k in host.object_info("LikenessTrainingOptions")["input"]["required"]
-    }
+    known = host.object_info("LikenessTrainingOptions")["input"]["required"]
+    options = {k: v for k, v in options.items() if k in known}
     train = defaults("LikenessDreamBoothTrain")
     train.update(
         model=["1", 3],

@@ -466,9 +466,10 @@ class Monitor {
       ["lr", fmtNum(run?.lr, 3)],
       ["elapsed", fmtDuration(run?.elapsed)],
     ];
-    // prior preservation: both loss terms
-    if (run?.loss_instance != null) stats.push(["subject", fmtNum(run.loss_instance, 4)]);
-    if (run?.loss_prior != null) stats.push(["prior", fmtNum(run.loss_prior, 4)]);
+    // prior preservation: both loss terms (without it the subject term is the loss itself)
+    if (run?.loss_prior != null) {
+      stats.push(["subject", fmtNum(run.loss_instance, 4)], ["prior", fmtNum(run.loss_prior, 4)]);
+    }
     this.statsEl.replaceChildren(
       ...stats.map(([k, v]) => {
         const s = make("span", null, `${k} `);
