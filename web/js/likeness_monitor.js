@@ -8,7 +8,8 @@
 // monitor is drawn on the graph canvas by a custom widget instead. What exists is detected at run time.
 //
 // For tests and other extensions each monitored node gets a read-only `node.likenessMonitor`:
-// `{mode: "dom"|"canvas", state (a snapshot), element, stop(), setLogScale(on)}`.
+// `{mode: "dom"|"canvas", state (a snapshot), element, stop(), setLogScale(on)}`. Setting
+// `window.LikenessMonitorConfig = {mode: "canvas"}` before a node is created forces the canvas drawing (tests).
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
