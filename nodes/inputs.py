@@ -12,6 +12,22 @@ T = TypeVar("T")
 _INT_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+def float_step(*values: float, coarsest: float = 0.01) -> float:
+    """The widget step for a float option: the finest power of ten that represents each value, at most ``coarsest``."""
+    step = coarsest
+    for v in values:
+        v = abs(float(v))
+        if v == 0.0:
+            continue
+        for decimals in range(0, 13):
+            if abs(round(v, decimals) - v) <= 1e-12 * v:
+                step = min(step, 10.0**-decimals)
+                break
+        else:
+            step = min(step, 1e-12)
+    return step
+
+
 def comfy_input(spec: OptionSpec, default: Any = None) -> tuple:
     """One ``INPUT_TYPES`` entry for an option, with its help text as the tooltip."""
     value = spec.default if default is None else default
@@ -28,8 +44,11 @@ def comfy_input(spec: OptionSpec, default: Any = None) -> tuple:
     if spec.type is float:
         opts.update(default=float(value or 0.0), min=float(spec.min if spec.min is not None else 0.0))
         opts["max"] = float(spec.max) if spec.max is not None else 1e9
-        opts["step"] = float(spec.step or 0.01)
-        opts["round"] = False
+        # Frontends round a float widget to its step (newer ones even with round=False), so the step must be fine
+        # enough for the default and the minimum: 0.999 needs 0.001, 1e-8 needs 1e-8.
+        step = float(spec.step) if spec.step else float_step(opts["default"], opts["min"])
+        opts["step"] = step
+        opts["round"] = step
         return ("FLOAT", opts)
     if spec.type is list:
         return ("STRING", {"default": "\n".join(value or []), "multiline": True, **opts})

@@ -106,3 +106,21 @@ def test_help_text_may_contain_percent():
     parser = argparse.ArgumentParser()
     configspec.add_arguments(parser, Pct)
     assert "40% default" in parser.format_help()
+
+
+def test_float_widgets_keep_their_defaults(pack):
+    """A frontend rounds float widgets to their step: the step must keep every default exact."""
+    from likeness_pack.nodes.inputs import comfy_input, float_step
+    from trainers.train.config import DreamBoothConfig
+
+    assert float_step(0.999, 0.0) == 0.001
+    assert float_step(1e-8, 0.0) == 1e-8
+    assert float_step(7.5, 1.0) == 0.01
+    for spec in configspec.specs(DreamBoothConfig):
+        if spec.type is float and spec.node and spec.default is not None:
+            typ, opts = comfy_input(spec)
+            step = opts["round"]
+            assert opts["step"] == step > 0
+            assert abs(round(opts["default"] / step) * step - opts["default"]) <= 1e-9 * max(
+                abs(opts["default"]), 1e-12
+            ), spec.name
