@@ -69,15 +69,12 @@ def set_widgets(workflow: dict, info: dict, node_type: str, **values) -> dict:
     return workflow
 
 
-def test_sized(name: str, info: dict, prefix: str, **extra: dict) -> dict:
+def sized(name: str, info: dict, prefix: str, **extra: dict) -> dict:
     wf = copy.deepcopy(load(name))
     for node_type, values in {**TEST_VALUES, **extra}.items():
         set_widgets(wf, info, node_type, **values)
     set_widgets(wf, info, "SaveImage", filename_prefix=prefix)
     return wf
-
-
-test_sized.__test__ = False  # a helper, not a test
 
 
 def node_id(workflow: dict, node_type: str) -> str:
@@ -138,7 +135,7 @@ def info(host) -> dict:
 
 @pytest.fixture(scope="module")
 def dreambooth(host, info):
-    wf = test_sized("dreambooth_face", info, "ex_db")
+    wf = sized("dreambooth_face", info, "ex_db")
     prompt = ui_to_api(wf, info)
     result = host.run(prompt, timeout=1200).check()
     return wf, prompt, result
@@ -150,7 +147,7 @@ def lora(host, info):
     offset = len(host.log_text())
     runs = {}
     for strength in (1.0, 0.0):
-        wf = test_sized("lora_face", info, f"ex_lora_{strength:g}")
+        wf = sized("lora_face", info, f"ex_lora_{strength:g}")
         set_widgets(wf, info, "LikenessApplyTrainedModel", strength_model=strength, strength_clip=strength)
         prompt = ui_to_api(wf, info)
         runs[strength] = (wf, prompt, host.run(prompt, timeout=1200).check())
@@ -178,8 +175,8 @@ def test_examples_are_editor_files_with_only_core_and_likeness_nodes(host, info)
         thumb = EXAMPLES / f"{name}.jpg"
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and min(im.size) >= 200
-        # the full-size file converts against this host too (only the combos listing local files may differ)
-        ui_to_api(test_sized(name, info, "x", LikenessApplyTrainedModel={"source": FROM_INPUT}), info)
+        # converts against this host (model files swapped for the test ones, no file picked in source)
+        ui_to_api(sized(name, info, "x", LikenessApplyTrainedModel={"source": FROM_INPUT}), info)
     db = load("dreambooth_face")
     texts = [n["widgets_values"][0] for n in db["nodes"] if n["type"] == "CLIPTextEncode"]
     assert any("a photo of sks woman face" in t for t in texts)
@@ -238,7 +235,7 @@ def test_sample_trained_picks_results_from_disk(host, info, dreambooth, lora):
     offset = len(host.log_text())
     for source, reference in ((f"loras/likeness/{lora_name}", pixels(runs[1.0][2], save_lora)),
                               (f"checkpoints/likeness/{db_name}", pixels(dreambooth[2], save_db))):  # fmt: skip
-        wf = test_sized("sample_trained", info, "ex_pick")
+        wf = sized("sample_trained", info, "ex_pick")
         set_widgets(wf, info, "LikenessApplyTrainedModel", source=source, strength_model=1.0, strength_clip=1.0)
         result = host.run(ui_to_api(wf, info), timeout=600).check()
         got = pixels(result, node_id(wf, "SaveImage"))
@@ -253,7 +250,7 @@ def test_lora_without_model_and_clip_says_what_to_connect(host, info, lora):
     text = runs[1.0][2].outputs[node_id(runs[1.0][0], "LikenessApplyTrainedModel")]["text"][0]
     name = text.splitlines()[0].split(": ", 1)[1]
     info = host.object_info()  # with the trained files in the source list
-    wf = test_sized("sample_trained", info, "ex_err")
+    wf = sized("sample_trained", info, "ex_err")
     set_widgets(wf, info, "LikenessApplyTrainedModel", source=f"loras/likeness/{name}")
     prompt = ui_to_api(wf, info)
     apply_id = node_id(wf, "LikenessApplyTrainedModel")
