@@ -70,8 +70,8 @@ N_DB = """4. DREAMBOOTH TRAIN
 Fine-tunes the whole model. Typical: 100 steps per photo (15 photos -> 1500), learning rate 1e-6 to 2e-6.
 The instance prompt comes from the dataset ('a photo of sks woman face'); 'sks' is the rare token that means \
 your person.
-VRAM: ~10-12 GB at 512 px with the text encoder (8 GB: Training Options -> gradient checkpointing, 8-bit Adam, \
-train_text_encoder off). ~15-30 min on an RTX 3090.
+VRAM: 24 GB trains everything; with 12-16 GB turn train_text_encoder off and use a Training Options node \
+(gradient checkpointing on, optimizer adamw8bit). ~20-40 min on an RTX 3090.
 The seed is 'fixed': queueing again reuses the saved result (models/checkpoints/likeness/) instead of training \
 again. Watch progress, samples and loss on the node; Cancel stops cleanly and the next run resumes."""
 
