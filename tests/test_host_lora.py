@@ -224,10 +224,11 @@ def test_cancel_then_resume(setup):
     graph = _train_graph(
         host, output_name="lora_cancel", steps=12, seed=5, train_text_encoder=False, lora_layers="attention"
     )
+    since = len(host.ws_messages)  # only this prompt's progress counts (earlier tests trained too)
     prompt_id = host.submit(graph)
     msg = host.wait_for_message(
         lambda m: m.get("type") == "likeness.progress" and m["data"].get("phase") == "training"
-        and m["data"].get("step", 0) >= 2, timeout=600,
+        and m["data"].get("step", 0) >= 2, timeout=600, since=since,
     )  # fmt: skip
     assert msg is not None, "training never reported progress"
     host.interrupt()
