@@ -99,8 +99,9 @@ def _ours(result, event: str, node_id: str) -> list[dict]:
 
 
 def _results(host) -> list[Path]:
+    """This module's results (output names 'db_…'); other tests share the host's folders."""
     folder = host.checkpoints_dir / "likeness"
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sorted(folder.glob("db_*.safetensors")) if folder.is_dir() else []
 
 
 def test_nodes_are_registered_with_tooltips(setup):

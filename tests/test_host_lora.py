@@ -128,8 +128,9 @@ def _ours(result, event: str, node_id: str) -> list[dict]:
 
 
 def _loras(host) -> list[Path]:
+    """This module's LoRAs (output names 'lora_…'); other tests share the host's folders."""
     folder = host.loras_dir / "likeness"
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sorted(folder.glob("lora_*.safetensors")) if folder.is_dir() else []
 
 
 def _pixels(result) -> np.ndarray:
