@@ -360,17 +360,6 @@ def training_inputs(request):
 def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int = 0) -> dict:
     """An API prompt for a tiny DreamBooth run; every input the nodes declare is filled (defaults from object_info)."""
 
-    def defaults(node_class: str) -> dict:
-        info = host.object_info(node_class)["input"]
-        out = {}
-        for key, spec in info.get("required", {}).items():
-            typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-            if isinstance(typ, list):
-                out[key] = opts.get("default", typ[0])
-            elif "default" in opts:
-                out[key] = opts["default"]
-        return out
-
     # Options: only what differs from the defaults; the page keeps the widgets' own defaults for the rest, as for a
     # user. (A value set through a newer frontend's float widget is rounded to the widget's step: 0.999 -> 1.0.)
     options = dict(
@@ -378,7 +367,7 @@ def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int
     )
     known = host.object_info("LikenessTrainingOptions")["input"]["required"]
     options = {k: v for k, v in options.items() if k in known}
-    train = defaults("LikenessDreamBoothTrain")
+    train = host.defaults("LikenessDreamBoothTrain")
     train.update(
         model=["1", 3],
         options=["2", 0],
@@ -482,7 +471,8 @@ def test_monitor_follows_a_real_training_run(page, training_inputs):
     """Queue a tiny DreamBooth run from the page: the chart, the step counter and the samples follow it live."""
     host = training_inputs
     shot = os.environ.get("LIKENESS_MONITOR_SCREENSHOT")
-    steps, every = (20, 5) if shot else (4, 2)  # the README picture gets a longer curve
+    # the README picture gets a longer curve; 6 steps leave room to see the counter move live
+    steps, every = (20, 5) if shot else (6, 2)
     prompt = training_prompt(host, steps=steps, sample_every=every, name="monitor_live", seed=1)
     prompt_id = page.js_async(LOAD_AND_QUEUE, prompt, True)
     assert prompt_id

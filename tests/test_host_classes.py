@@ -161,23 +161,14 @@ def test_bad_inputs_are_refused_before_generating(host, change, words):
     assert sorted(host.output_dir.rglob("*")) == before
 
 
-def _defaults(host, node: str) -> dict:
-    """Every required input of a node at its default (what a fresh node on the canvas holds)."""
-    out = {}
-    for name, spec in host.object_info(node)["input"]["required"].items():
-        kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
-    return out
-
-
 def test_dreambooth_trains_with_this_nodes_class_set(host):
     """Generate Class Images -> DreamBooth Train (class_images input): prior preservation runs on our folder."""
     from train_helpers import subject_images
 
     subject_images(host.input_dir / "classes_e2e_subject", n=2, size=64)
-    options = _defaults(host, "LikenessTrainingOptions")
+    options = host.defaults("LikenessTrainingOptions")
     options.update(sample_steps=2, gradient_checkpointing=False)
-    train = _defaults(host, "LikenessDreamBoothTrain")
+    train = host.defaults("LikenessDreamBoothTrain")
     train.update(
         model=["1", 3],
         output_name="classes_e2e",

@@ -32,21 +32,11 @@ def setup(comfy_host, comfy_tiny_checkpoint):
     return comfy_host
 
 
-def _defaults(host, node: str) -> dict:
-    """Every required input of a node at its default (what a fresh node on the canvas holds)."""
-    out = {}
-    for name, spec in host.object_info(node)["input"]["required"].items():
-        kind = spec[0]
-        opts = spec[1] if len(spec) > 1 else {}
-        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
-    return out
-
-
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
     loader, train, options = ids
-    opts = _defaults(host, "LikenessTrainingOptions")
+    opts = host.defaults("LikenessTrainingOptions")
     opts.update(sample_steps=2, gradient_checkpointing=False)
-    inputs = _defaults(host, NODE)
+    inputs = host.defaults(NODE)
     inputs.update(
         model=[loader, 3],
         output_name="db_test",

@@ -61,20 +61,11 @@ def setup(comfy_host, comfy_tiny_checkpoint):
     return comfy_host
 
 
-def _defaults(host, node: str) -> dict:
-    out = {}
-    for name, spec in host.object_info(node)["input"]["required"].items():
-        kind = spec[0]
-        opts = spec[1] if len(spec) > 1 else {}
-        out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
-    return out
-
-
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
     loader, train, options = ids
-    opts = _defaults(host, "LikenessTrainingOptions")
+    opts = host.defaults("LikenessTrainingOptions")
     opts.update(sample_steps=2, gradient_checkpointing=False, text_encoder_lr=1e-2)
-    inputs = _defaults(host, NODE)
+    inputs = host.defaults(NODE)
     inputs.update(
         model=[loader, 3],
         output_name="lora_test",
@@ -274,9 +265,9 @@ def test_out_of_range_lora_options_are_rejected_by_the_host(setup, widgets):
 def test_extract_lora_from_a_dreambooth_result(setup, tmp_path):
     """DreamBooth Train -> Extract LoRA in the server; the extracted file loads fully in the core LoraLoader."""
     host = setup
-    opts = _defaults(host, "LikenessTrainingOptions")
+    opts = host.defaults("LikenessTrainingOptions")
     opts.update(sample_steps=2, gradient_checkpointing=False, sample_prompts="")
-    db = _defaults(host, "LikenessDreamBoothTrain")
+    db = host.defaults("LikenessDreamBoothTrain")
     db.update(
         model=["1", 3], output_name="lora_extract_db", instance_prompt="a photo of sks shape", steps=2,
         resolution=RES, learning_rate=1e-3, train_text_encoder=True, instance_folder="lora_subject",

@@ -747,6 +747,15 @@ class ComfyHost:
             raise KeyError(f"{node_class} is not registered in the host; server log:\n{self.log_text()[-4000:]}")
         return info[node_class]
 
+    def defaults(self, node_class: str) -> dict[str, Any]:
+        """Every required input of a node at its default (what a fresh node on the canvas holds; a combo without a
+        default takes its first choice)."""
+        out = {}
+        for name, spec in self.object_info(node_class)["input"]["required"].items():
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
+        return out
+
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         return (self.get_json(f"/history/{prompt_id}") or {}).get(prompt_id)
 
