@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import class_images, subject_images
+from train_helpers import training_inputs
 
 from conftest import ROOT
+from tests.host.harness import sample_prompt
 
 pytestmark = pytest.mark.host
 
@@ -23,13 +24,12 @@ RES = 64
 
 @pytest.fixture(scope="module")
 def setup(comfy_host, comfy_tiny_checkpoint):
-    dest = comfy_host.checkpoints_dir / BASE
-    if not dest.exists():
-        dest.symlink_to(comfy_tiny_checkpoint)
-    subject_images(comfy_host.input_dir / "db_subject", n=3, size=RES)
-    class_images(comfy_host.input_dir / "db_class", n=3, size=RES)
-    (comfy_host.input_dir / "db_empty").mkdir(exist_ok=True)
-    return comfy_host
+    return training_inputs(comfy_host, comfy_tiny_checkpoint, BASE, "db", RES)
+
+
+def _sample(ckpt_name: str, prefix: str) -> dict:
+    loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}
+    return sample_prompt(loader, prefix, text="a photo of sks shape", size=RES)
 
 
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
@@ -55,32 +55,6 @@ def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
         loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
         train: {"class_type": NODE, "inputs": inputs},
         options: {"class_type": "LikenessTrainingOptions", "inputs": opts},
-    }
-
-
-def _sample_graph(ckpt_name: str, prefix: str) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of sks shape", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": RES, "height": RES, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": 1,
-                "steps": 2,
-                "cfg": 2.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },  # fmt: skip
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
     }
 
 
@@ -119,7 +93,7 @@ def test_train_sample_reuse_and_cli_identity(setup, tmp_path):
     assert result.images("2"), "the node shows its last samples"
 
     # the trained checkpoint in the core loader -> KSampler -> SaveImage
-    sampled = host.run(_sample_graph(f"likeness/{trained.name}", "db_trained"), timeout=300).check()
+    sampled = host.run(_sample(f"likeness/{trained.name}", "db_trained"), timeout=300).check()
     (image,) = sampled.images("7")
     assert image.is_file()
 
@@ -203,7 +177,7 @@ def test_interrupt_stops_within_two_steps_and_leaves_no_model(setup):
     assert states, "a resumable state was kept"
     # the server is fine afterwards
     time.sleep(0.5)
-    host.run(_sample_graph(BASE, "after_cancel"), timeout=300).check()
+    host.run(_sample(BASE, "after_cancel"), timeout=300).check()
 
 
 @pytest.mark.parametrize(

@@ -7,40 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.host.harness import sample_prompt
+
 pytestmark = pytest.mark.host
 
 NODE = "LikenessLoadCheckpoint"
 
 
-def _sample_graph(loader: dict, prefix: str, vae_from: str | None = None) -> dict:
-    """loader (node "1") -> CLIPTextEncode -> KSampler (64x64, 2 steps) -> VAEDecode -> SaveImage (node "7")."""
-    return {
-        "1": loader,
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a person", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": 7,
-                "steps": 2,
-                "cfg": 2.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },  # fmt: skip
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": [vae_from or "1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
-    }
-
-
 def _likeness_loader(ckpt_name: str, **optional) -> dict:
     return {"class_type": NODE, "inputs": {"ckpt_name": ckpt_name, **optional}}
+
+
+def _sample(loader: dict, prefix: str) -> dict:
+    return sample_prompt(loader, prefix, text="a photo of a person", seed=7)
 
 
 def _assert_image(result, size=(64, 64)) -> Path:
@@ -68,7 +47,7 @@ def test_loads_and_samples_in_the_same_graph(comfy_host, comfy_tiny_checkpoint):
     name = comfy_host.add_model("checkpoints", comfy_tiny_checkpoint, "likeness_tiny.safetensors")
     assert name in comfy_host.object_info(NODE)["input"]["required"]["ckpt_name"][0]
     log_start = len(comfy_host.log_text())
-    result = comfy_host.run(_sample_graph(_likeness_loader(name), "likeness_loader"), timeout=240).check()
+    result = comfy_host.run(_sample(_likeness_loader(name), "likeness_loader"), timeout=240).check()
     _assert_image(result)
     _assert_loaded_completely(comfy_host.log_text()[log_start:])
     assert result.events("progress"), "KSampler reported no progress"
@@ -89,7 +68,7 @@ def test_ckpt_and_separate_vae_reach_the_host_safely(comfy_host, comfy_tiny_chec
         save_file(vae_sd, str(vae))
     del sd
     loader = _likeness_loader(ckpt.name, vae_name=vae.name, ema="auto")
-    result = comfy_host.run(_sample_graph(loader, "likeness_ckpt_vae"), timeout=240).check()
+    result = comfy_host.run(_sample(loader, "likeness_ckpt_vae"), timeout=240).check()
     _assert_image(result)
     copies = list((comfy_host.likeness_cache / "host_files").glob("*.safetensors"))
     assert copies, "the .ckpt did not go through a normalized safetensors copy"
@@ -109,7 +88,7 @@ def test_refused_checkpoint_fails_with_our_message(comfy_host):
             },
             str(path),
         )
-    result = comfy_host.run(_sample_graph(_likeness_loader(path.name), "likeness_refused"), timeout=120)
+    result = comfy_host.run(_sample(_likeness_loader(path.name), "likeness_refused"), timeout=120)
     assert result.status == "error"
     assert result.error_info["node_type"] == NODE
     assert "CheckpointError" in result.error_info["exception_type"]
@@ -129,7 +108,7 @@ def test_malicious_ckpt_never_runs_its_payload(comfy_host, tmp_path):
     path = comfy_host.checkpoints_dir / "likeness_evil.ckpt"
     torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, "x": Payload()}, path)
     assert not marker.exists()
-    result = comfy_host.run(_sample_graph(_likeness_loader(path.name), "likeness_evil"), timeout=120)
+    result = comfy_host.run(_sample(_likeness_loader(path.name), "likeness_evil"), timeout=120)
     assert result.status == "error" and result.error_info["node_type"] == NODE
     assert "never unpickled" in result.error
     assert not marker.exists(), "the pickle payload ran inside ComfyUI"
@@ -147,7 +126,7 @@ def test_exported_checkpoint_loads_in_core_loader(comfy_host, comfy_tiny_checkpo
         del components
     loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": dest.name}}
     log_start = len(comfy_host.log_text())
-    result = comfy_host.run(_sample_graph(loader, "likeness_exported"), timeout=240).check()
+    result = comfy_host.run(_sample(loader, "likeness_exported"), timeout=240).check()
     _assert_image(result)
     _assert_loaded_completely(comfy_host.log_text()[log_start:])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import class_images, subject_images
+from train_helpers import training_inputs
 
 pytestmark = pytest.mark.host
 
@@ -52,13 +52,7 @@ print(json.dumps({"unet": changes(m2), "clip": changes(c2.patcher), "log": buf.g
 
 @pytest.fixture(scope="module")
 def setup(comfy_host, comfy_tiny_checkpoint):
-    dest = comfy_host.checkpoints_dir / BASE
-    if not dest.exists():
-        dest.symlink_to(comfy_tiny_checkpoint)
-    subject_images(comfy_host.input_dir / "lora_subject", n=3, size=RES)
-    class_images(comfy_host.input_dir / "lora_class", n=3, size=RES)
-    (comfy_host.input_dir / "lora_empty").mkdir(exist_ok=True)
-    return comfy_host
+    return training_inputs(comfy_host, comfy_tiny_checkpoint, BASE, "lora", RES)
 
 
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:

@@ -75,3 +75,13 @@ def state(module) -> dict:
 def changed(before: dict, module) -> set[str]:
     after = module.state_dict()
     return {k for k, v in before.items() if not v.equal(after[k])}
+
+
+def training_inputs(host, checkpoint: Path, base_name: str, prefix: str, size: int):
+    """A host ready for training tests: the base checkpoint linked as ``base_name`` and input folders
+    ``<prefix>_subject`` (3 images), ``<prefix>_class`` (3 images) and an empty ``<prefix>_empty``."""
+    host.add_model("checkpoints", checkpoint, base_name)
+    subject_images(host.input_dir / f"{prefix}_subject", n=3, size=size)
+    class_images(host.input_dir / f"{prefix}_class", n=3, size=size)
+    (host.input_dir / f"{prefix}_empty").mkdir(exist_ok=True)
+    return host

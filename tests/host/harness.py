@@ -955,3 +955,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def sample_prompt(
+    loader: dict[str, Any],
+    prefix: str,
+    *,
+    text: str = "a photo",
+    size: int = 64,
+    seed: int = 1,
+    vae_from: str | None = None,
+) -> dict[str, Any]:
+    """loader (node "1", MODEL/CLIP/VAE at 0/1/2) -> CLIPTextEncode -> KSampler (2 euler steps) -> VAEDecode ->
+    SaveImage (node "7"): the smallest graph that proves a model samples."""
+    return {
+        "1": loader,
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": 2,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },  # fmt: skip
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": [vae_from or "1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
