@@ -23,28 +23,8 @@ from tests.host import harness  # noqa: E402
 
 
 def _graph(ckpt_name: str, prefix: str, seed: int = 1) -> dict:
-    return {
-        "1": {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": ckpt_name}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "4": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["2", 0],
-                "latent_image": ["3", 0],
-                "seed": seed,
-                "steps": 2,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        },  # fmt: skip
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}},
-    }
+    loader = {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": ckpt_name}}
+    return harness.sample_prompt(loader, prefix, seed=seed)
 
 
 def main() -> int:

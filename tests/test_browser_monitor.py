@@ -14,39 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
+import browser
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
-)
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.host,
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-    ),
-]
+pytestmark = browser.MARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOOTH_RGB = (0xFF, 0xB3, 0x47)  # COLORS.smooth in likeness_monitor.js
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,19 +151,9 @@ class Page:
 
 @pytest.fixture(scope="module")
 def chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    if os.environ.get("LIKENESS_MONITOR_SCREENSHOT"):
-        opts.add_argument("--force-device-scale-factor=2")  # a sharp picture for the README
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager would otherwise try to download one.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    # A sharp picture for the README when a screenshot is asked for.
+    scale = 2 if os.environ.get("LIKENESS_MONITOR_SCREENSHOT") else None
+    driver = browser.start_chrome((1280, 900), scale=scale, console_log=True)
     try:
         yield driver
     finally:

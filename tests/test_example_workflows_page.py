@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
+import browser
 import pytest
 from workflow_api import ui_to_api
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
-)
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-    ),
-]
+pytestmark = browser.MARKS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 NAMES = ("dreambooth_face", "lora_face", "sample_trained")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1600,1000")  # fmt: skip
-
 LOAD_JS = """
 const done = arguments[arguments.length - 1];
 (async () => {
@@ -56,15 +40,7 @@ const done = arguments[arguments.length - 1];
 
 @pytest.fixture(scope="module")
 def driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)  # explicit driver: no Selenium Manager
+    d = browser.start_chrome((1600, 1000))
     try:
         yield d
     finally:
