@@ -443,6 +443,12 @@ def test_monitor_follows_a_real_training_run(page, training_inputs):
     prompt = training_prompt(host, steps=steps, sample_every=every, name="monitor_live", seed=1)
     prompt_id = page.js_async(LOAD_AND_QUEUE, prompt, True)
     assert prompt_id
+    # An Apply node added after queueing: its 'source' list must offer the new file once the run is over.
+    apply_id, sources = page.js(
+        "const n = LiteGraph.createNode('LikenessApplyTrainedModel'); n.pos = [0, 600]; app.graph.add(n);"
+        "return [n.id, n.widgets.find((w) => w.name === 'source').options.values];"
+    )
+    assert not [v for v in sources if "monitor_live" in v], sources
     page.js_async(FOCUS_NODE, 3)
     shot_taken = False
     running_steps = set()  # what the page showed while the run was going: it must move live
@@ -472,6 +478,14 @@ def test_monitor_follows_a_real_training_run(page, training_inputs):
     assert len(st["points"]) >= 3 and [p["step"] for p in st["points"]] == sorted({p["step"] for p in st["points"]})
     assert all(p["loss"] > 0 for p in st["points"])
     assert st["path"] and st["path"].endswith(".safetensors")
+    # the page refreshed the file lists by itself (no reload): Apply's 'source' now lists the trained file
+    page.wait_js(
+        "return app.graph.getNodeById(arguments[0]).widgets.find((w) => w.name === 'source')"
+        ".options.values.find((v) => v.includes('monitor_live')) || null;",
+        30,
+        apply_id,
+        what="the new file in Likeness Apply Trained Model's source list",
+    )
     # the counter on screen, the chart pixels, the sample thumbnails really loaded from /view
     el = "app.graph.getNodeById(3).likenessMonitor.element"
     assert page.js(f"return {el}.querySelector('.likeness-monitor-status b').textContent") == f"{steps}/{steps}"

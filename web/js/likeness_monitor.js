@@ -732,6 +732,17 @@ function attach(node) {
 // ---------------------------------------------------------------------------------------------------------------
 // registration
 
+// A finished run wrote a new file: refresh the file lists of every node (what ComfyUI's Refresh button does), so
+// that Likeness Apply Trained Model's 'source' lists it without a page reload. Frontends without the call skip it.
+function refreshFileLists() {
+  try {
+    const done = app.refreshComboInNodes?.();
+    done?.catch?.((err) => console.warn("[Likeness] could not refresh the file lists", err));
+  } catch (err) {
+    console.warn("[Likeness] could not refresh the file lists", err);
+  }
+}
+
 let listening = false;
 function listen() {
   if (listening) return;
@@ -740,6 +751,7 @@ function listen() {
     api.addEventListener(`likeness.${ev}`, (e) => {
       const run = applyEvent(ev, e.detail);
       if (run) refreshAll();
+      if (ev === "end" && run?.status === "finished") refreshFileLists();
     });
   }
   // A run whose node failed or was interrupted before it could send "end".
