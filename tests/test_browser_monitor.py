@@ -20,6 +20,8 @@ from pathlib import Path
 import browser
 import pytest
 
+from tests.host.harness import sample_prompt
+
 pytestmark = browser.MARKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +146,7 @@ class Page:
     def problems_from_us(self) -> list[str]:
         """Console errors/warnings and uncaught errors that come from our extension (its file or its name)."""
         self.drain_console()
-        marks = ("likeness_monitor.js", "/extensions/likeness", "Likeness.TrainingMonitor")
+        marks = ("likeness_monitor.js", "likeness_info.js", "/extensions/likeness", "Likeness.")
         ours = [e["message"] for e in self.console if e["level"] != "INFO" and any(m in e["message"] for m in marks)]
         return ours + [e for e in self.page_errors() if any(m in e for m in marks)]
 
@@ -533,6 +535,50 @@ def test_reload_mid_run_shows_the_history_then_stop_ends_it(page, training_input
         "return app.graph.getNodeById(3).likenessMonitor.element.querySelector('.likeness-monitor-stop').disabled"
     )
     assert stop_disabled
+
+
+QUEUE_API_PROMPT = """
+const [prompt] = args;
+app.loadApiJson(prompt);
+const {api} = await import("/scripts/api.js");
+const p = await app.graphToPrompt();
+if (Object.values(p.output).some((n) => Object.keys(n.inputs).includes("likeness_info")))
+  throw new Error("the info widget leaked into the prompt");
+const res = await api.queuePrompt(0, p);
+return res.prompt_id;
+"""
+
+
+def test_apply_node_shows_how_its_result_was_trained(page, training_inputs):
+    """Likeness Apply Trained Model, queued from the page on a file trained earlier, shows the file's info text."""
+    host = training_inputs
+    train = training_prompt(host, steps=2, sample_every=0, name="monitor_info", seed=3)
+    train["2"]["inputs"] = {**host.defaults("LikenessTrainingOptions"), **train["2"]["inputs"]}  # no page to fill them
+    host.run(train, timeout=600).check()
+    choice = "checkpoints/likeness/monitor_info.safetensors"
+    assert choice in host.object_info("LikenessApplyTrainedModel")["input"]["required"]["source"][0]
+    page.reload()  # the page learns the new file the way a user's does
+    apply = {
+        "class_type": "LikenessApplyTrainedModel",
+        "inputs": {"source": choice, "strength_model": 1.0, "strength_clip": 1.0},
+    }
+    prompt_id = page.js_async(QUEUE_API_PROMPT, sample_prompt(apply, "monitor_info_sample"))
+    result = host.wait(prompt_id, timeout=300)
+    assert result.status == "success", result.error
+    text = page.wait_js("return app.graph.getNodeById(1).likenessInfo || null;", 30, what="the Apply node's info")
+    assert "monitor_info.safetensors" in text and "steps: 2" in text and "a photo of sks thing" in text, text
+    shown = page.js(
+        "const w = app.graph.getNodeById(1).widgets.find((w) => w.name === 'likeness_info');"
+        "return w ? (w.element ? w.element.textContent : w.text) : null;"
+    )
+    assert shown == text
+    # on screen: the text box is laid out inside the page, with a real size
+    if page.js("return !!app.graph.getNodeById(1).likenessInfoWidget.element"):
+        box = page.js(
+            "const r = app.graph.getNodeById(1).likenessInfoWidget.element.getBoundingClientRect();"
+            "return [r.width, r.height];"
+        )
+        assert box[0] > 50 and box[1] > 20, box
 
 
 def test_monitor_only_on_training_nodes(page):
