@@ -2,15 +2,16 @@
 
 Run from the repository root::
 
-    python -m benchmarks.learning_proof            # full run (3 seeds, ~600 steps per training)
+    python -m benchmarks.learning_proof            # full run (3 seeds, 600 steps per training, LoRA too)
     python -m benchmarks.learning_proof --fast     # the settings of tests/test_learning_proof.py (one seed)
-    python -m benchmarks.learning_proof --rebuild-base   # pre-train the base model again (~10-30 min on 2 cores)
+    python -m benchmarks.learning_proof --rebuild-base   # pre-train the base model again (~30 min on 2 cores)
     python -m benchmarks.learning_proof --clip ...  # real SD1.5 on a GPU: CLIP-I / CLIP-T (see benchmarks/clip_proof.py)
 
 What happens (CPU, deterministic, every model built in code):
 
 1. The base model (``benchmarks/data/proof_base.safetensors``, built once by :mod:`benchmarks.proof_base`) knows
-   one class: "a photo of a shape" gives circles, squares and triangles of any colour on grey.
+   one class: "a photo of a shape" gives circles, squares and triangles of several colours on grey, and its
+   UNet follows words ("a photo of a red circle").
 2. The subject ("a photo of sks shape") is one orange/blue checkered square (:mod:`benchmarks.proof_data`).
    Class images for prior preservation are the base model's own samples of the class prompt, as DreamBooth does.
 3. The product's training loop (``trainers.train.train``, the function the ComfyUI nodes call) trains DreamBooth
@@ -64,6 +65,9 @@ class Settings:
     lora_steps: int = 600
     lora_learning_rate: float = 2e-3
     lora_rank: int = 8
+    # Adapters on every layer (LoCon): this tiny UNet keeps most of what it draws in its convolutions, and adapters
+    # on the attention projections alone barely move its pictures (docs/learning_proof.md).
+    lora_layers: str = "all"
 
     # expected directions and margins (see docs/learning_proof.md)
     max_fidelity_ratio_no_prior: float = 0.6  # inst_subj after / base, DreamBooth without prior
@@ -74,22 +78,8 @@ class Settings:
 
 
 FULL = Settings()
-FAST = Settings(
-    steps=250,
-    learning_rate=5e-4,
-    class_images=32,
-    prior_weight=0.5,
-    eval_samples=12,
-    seeds=(0,),
-    lora=False,
-    lora_steps=250,
-    # Margins of the committed base (docs/learning_proof.md). DreamBooth *with* prior preservation does not yet learn
-    # the subject on this base (its UNet barely reads the text), so that direction is reported, not asserted.
-    max_fidelity_ratio_no_prior=0.85,
-    max_fidelity_ratio_prior=None,
-    max_drift_ratio=0.6,
-    min_takeover_ratio=1.1,
-)
+# The test's run: one seed, fewer class images and evaluation samples, no LoRA; the same training and margins.
+FAST = Settings(class_images=32, eval_samples=12, seeds=(0,), lora=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,6 +205,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
             text_encoder_lr=settings.lora_learning_rate,
             lora_rank=settings.lora_rank,
             lora_alpha=float(settings.lora_rank),
+            lora_layers=settings.lora_layers,
             **common,
         )
     else:
@@ -368,7 +359,11 @@ def save_grid(result: dict[str, Any], path: Path, per_row: int = 8) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_proof", description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="one seed, 250 steps (the settings of the test)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="one seed, fewer class images and samples, no LoRA (the settings of the test)",
+    )
     parser.add_argument("--rebuild-base", action="store_true", help="pre-train the base model again and save it")
     parser.add_argument("--base", type=Path, default=pb.BASE_PATH, help="base model file (default: the committed one)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2, or 0 with --fast)")

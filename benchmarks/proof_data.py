@@ -3,7 +3,8 @@
 Everything is 32x32 RGB on a grey background, drawn from a seeded ``numpy`` generator so a seed always gives the
 same pictures.
 
-- Class: one circle, square or triangle of a random colour, size and position.
+- Class: one circle, square or triangle of a named colour (red, green, blue, yellow, purple, white; jittered),
+  random size and position, captioned with what it shows (see :data:`CAPTIONS`).
 - Subject: one large square filled with an orange/blue checkerboard of 8-px cells (the cells must cover at least
   two latent pixels of the 4x-downsampling VAE to be learnable in a few hundred steps), at a slightly varying place.
 - Textures (VAE pre-training only): shapes filled with random two-colour checkerboards or stripes, so the
@@ -24,6 +25,16 @@ SUBJECT_COLOURS = ((255, 140, 0), (20, 70, 255))  # orange, blue
 SUBJECT_SIDE = 24
 SUBJECT_CELL = 8
 KINDS = ("circle", "square", "triangle")
+# Named class colours (each drawn with a little jitter), so captions can say what a picture holds. The subject's
+# orange is not among them.
+COLOURS = {
+    "red": (210, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 230),
+    "yellow": (235, 215, 40),
+    "purple": (140, 50, 190),
+    "white": (240, 240, 240),
+}
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -70,16 +81,36 @@ def class_image(rng: np.random.Generator) -> Image.Image:
     return class_image_and_kind(rng)[0]
 
 
-def class_image_and_kind(rng: np.random.Generator) -> tuple[Image.Image, str]:
+def class_image_and_kind(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
+    """A class picture with what it shows: ``(image, kind, colour name)``."""
     img = _solid(BACKGROUND)
     kind = KINDS[int(rng.integers(len(KINDS)))]
-    img.paste(_solid(_colour(rng)), (0, 0), _mask(kind, _box(rng)))
-    return img, kind
+    name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    jitter = rng.integers(-20, 21, size=3)
+    colour = tuple(int(v) for v in np.clip(np.array(COLOURS[name]) + jitter, 0, 255))
+    img.paste(_solid(colour), (0, 0), _mask(kind, _box(rng)))
+    return img, kind, name
 
 
-def class_caption(kind: str, rng: np.random.Generator, generic: float = 0.5) -> str:
-    """The class prompt, or (with probability ``1 - generic``) one naming the kind: "a photo of a circle"."""
-    return CLASS_PROMPT if rng.random() < generic else f"a photo of a {kind}"
+# Caption mix for pre-training: (probability, template). Most captions name colour and kind, as real captions say
+# what is in the picture; some say only one of them; some are the bare class prompt, so it draws the whole class.
+CAPTIONS = (
+    (0.5, "a photo of a {colour} {kind}"),
+    (0.15, "a photo of a {colour} shape"),
+    (0.15, "a photo of a {kind}"),
+    (0.2, CLASS_PROMPT),
+)
+
+
+def class_caption(kind: str, colour: str, rng: np.random.Generator) -> str:
+    """A pre-training caption for a class picture, drawn from :data:`CAPTIONS`."""
+    r, acc, chosen = rng.random(), 0.0, CAPTIONS[-1][1]
+    for p, template in CAPTIONS:
+        acc += p
+        if r < acc:
+            chosen = template
+            break
+    return chosen.format(colour=colour, kind=kind)
 
 
 def class_images(n: int, seed: int) -> list[Image.Image]:

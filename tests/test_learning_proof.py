@@ -1,8 +1,8 @@
 """The learning proof (issue #9): the product's training loop teaches a tiny model a subject, and prior preservation
 keeps the class. Uses the committed base model ``benchmarks/data/proof_base.safetensors`` (never rebuilt here).
 
-The fast run is the one measured in ``/work/shared/notes/learning-proof.md`` (held on 6/6 seed/base pairs): one
-seed, text encoder trained, 250 steps at lr 5e-4, 32 class images, prior weight 0.5, 12 evaluation samples.
+The fast run (``learning_proof.FAST``) is the full benchmark's training on one seed: text encoder trained, 600 steps
+at lr 2e-4, 32 class images, prior weight 1, 12 evaluation samples, and the full run's margins (docs/learning_proof.md).
 Everything is seeded and runs on CPU in fp32, so the numbers are the same on every run.
 """
 
@@ -33,7 +33,7 @@ def test_tokenizer_keeps_the_prompt_words_whole():
     tok = pb.make_tokenizer(*pb.build_vocab())
     tokens = tok.convert_ids_to_tokens(tok(pd.INSTANCE_PROMPT).input_ids)
     assert tokens == ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "sks</w>", "shape</w>", "<|endoftext|>"]
-    assert tok.model_max_length == 77
+    assert tok.model_max_length == pb.MAX_TOKENS == 16
 
 
 def test_committed_base_draws_the_class_not_noise():
@@ -46,6 +46,22 @@ def test_committed_base_draws_the_class_not_noise():
     fg = 1.0 - grey.mean(axis=(1, 2))
     # Each sample shows something on the grey (not a blank), never fills the frame (not noise), a shape on average.
     assert (fg > 0.02).all() and (fg < 0.9).all() and 0.1 < fg.mean() < 0.7, f"foreground fractions {fg}"
+
+
+def test_committed_base_follows_its_prompts():
+    """The guard build_base applies: "red circle" samples are red, "blue square" samples blue (same seeds)."""
+    base = pb.load_base()
+    assert base.tokenizer.model_max_length == pb.MAX_TOKENS
+    assert pb.prompt_fidelity(base) >= pb.MIN_PROMPT_FIDELITY
+
+
+def test_build_base_refuses_a_base_that_ignores_its_prompts(tmp_path, monkeypatch):
+    """An (almost) untrained denoiser does not follow words: nothing is written, and the error says what to do."""
+    monkeypatch.setattr(pb, "latent_scale", lambda vae, seed, n=512: 1.0)
+    target = tmp_path / "base.safetensors"
+    with pytest.raises(RuntimeError, match="ignores its prompts.*denoiser_steps"):
+        pb.build_base(target, vae_steps=1, denoiser_steps=1)
+    assert not target.exists() and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
