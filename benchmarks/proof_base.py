@@ -284,7 +284,7 @@ def prompt_fidelity(parts, seeds=range(8)) -> float:
 
 
 def build_base(path: Path = BASE_PATH, *, seed: int = 0, vae_steps: int = 2000, denoiser_steps: int = 8000) -> Any:
-    """Pre-train the whole base from scratch (~30 min on one core: VAE ~10, denoiser ~15, checks) and save it (fp16) to ``path``.
+    """Pre-train the whole base from scratch and save it (fp16) to ``path`` (~30 min on one core).
 
     The VAE first, then the UNet under a frozen text encoder and captions that say what each picture shows (see
     :func:`pretrain_denoiser`). Refuses to save a base whose samples do not follow the words (:func:`prompt_fidelity`

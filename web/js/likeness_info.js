@@ -69,7 +69,8 @@ function ensureWidget(node) {
         ctx.save();
         ctx.fillStyle = "#bbb";
         ctx.font = "11px monospace";
-        this.text.split("\n").slice(0, 12).forEach((line, i) => ctx.fillText(line, 10, y + 12 + i * LINE_HEIGHT, width - 20));
+        const lines = this.text.split("\n").slice(0, 12);
+        lines.forEach((line, i) => ctx.fillText(line, 10, y + 12 + i * LINE_HEIGHT, width - 20));
         ctx.restore();
       },
     };
