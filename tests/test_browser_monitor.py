@@ -372,7 +372,20 @@ app.graph.setDirtyCanvas(true, true);
 return scale;
 """
 
-LOAD_AND_QUEUE = """
+# What the Queue button does: the graph as the page serializes it, posted with this page's client id. The widgets our
+# extensions add (monitor, info) must never reach the prompt.
+QUEUE_FROM_PAGE = """
+const {api} = await import("/scripts/api.js");
+const p = await app.graphToPrompt();
+const ours = ["likeness_monitor", "likeness_info"];
+if (Object.values(p.output).some((n) => Object.keys(n.inputs).some((k) => ours.includes(k))))
+  throw new Error("a Likeness widget leaked into the prompt");
+const res = await api.queuePrompt(0, p);
+return res.prompt_id;
+"""
+
+LOAD_AND_QUEUE = (
+    """
 const [prompt, queue] = args;
 app.loadApiJson(prompt);
 const node = app.graph.getNodeById(3);
@@ -383,14 +396,9 @@ app.graph.getNodeById(2).pos = [0, 160];
 node.pos = [420, 0];
 app.graph.getNodeById(4).pos = [440 + node.size[0], 0];
 if (!queue) return null;
-// what the Queue button does: the graph as the page serializes it, posted with this page's client id
-const {api} = await import("/scripts/api.js");
-const p = await app.graphToPrompt();
-if (Object.values(p.output).some((n) => Object.keys(n.inputs).includes("likeness_monitor")))
-  throw new Error("the monitor widget leaked into the prompt");
-const res = await api.queuePrompt(0, p);
-return res.prompt_id;
 """
+    + QUEUE_FROM_PAGE
+)
 
 
 def wait_state(page: Page, node_id, predicate, timeout: float, what: str, host=None, prompt_id=None) -> dict:
@@ -537,16 +545,13 @@ def test_reload_mid_run_shows_the_history_then_stop_ends_it(page, training_input
     assert stop_disabled
 
 
-QUEUE_API_PROMPT = """
+QUEUE_API_PROMPT = (
+    """
 const [prompt] = args;
 app.loadApiJson(prompt);
-const {api} = await import("/scripts/api.js");
-const p = await app.graphToPrompt();
-if (Object.values(p.output).some((n) => Object.keys(n.inputs).includes("likeness_info")))
-  throw new Error("the info widget leaked into the prompt");
-const res = await api.queuePrompt(0, p);
-return res.prompt_id;
 """
+    + QUEUE_FROM_PAGE
+)
 
 
 def test_apply_node_shows_how_its_result_was_trained(page, training_inputs):
@@ -572,6 +577,9 @@ def test_apply_node_shows_how_its_result_was_trained(page, training_inputs):
         "return w ? (w.element ? w.element.textContent : w.text) : null;"
     )
     assert shown == text
+    # queued again with the info on the node: the widget stays out of the prompt, which the server accepts
+    again = host.wait(page.js_async(QUEUE_FROM_PAGE), timeout=300)
+    assert again.status == "success", again.error
     # on screen: the text box is laid out inside the page, with a real size
     if page.js("return !!app.graph.getNodeById(1).likenessInfoWidget.element"):
         box = page.js(
