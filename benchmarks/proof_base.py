@@ -203,6 +203,9 @@ def pretrain_denoiser(
     prompt gives nearly the same hidden states), and a UNet pre-trained on one generic caption learns to ignore its
     text; either way DreamBooth's rare token would have no way in. Captions naming colour and kind
     (:data:`proof_data.CAPTIONS`) make reading the text pay off, so the UNet's cross-attention carries words.
+
+    ``te_lr`` trains the text encoder too, at that learning rate (an experiment, not the build: such a base follows
+    its known words best but ignores an unknown one like ``sks``; see docs/learning_proof.md).
     """
     import numpy as np
     import torch
