@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import training_inputs
+from train_helpers import training_graph, training_inputs
 
 from conftest import ROOT
 from tests.host.harness import sample_prompt
@@ -33,29 +33,8 @@ def _sample(ckpt_name: str, prefix: str) -> dict:
 
 
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
-    loader, train, options = ids
-    opts = host.defaults("LikenessTrainingOptions")
-    opts.update(sample_steps=2, gradient_checkpointing=False)
-    inputs = host.defaults(NODE)
-    inputs.update(
-        model=[loader, 3],
-        output_name="db_test",
-        instance_prompt="a photo of sks shape",
-        class_prompt="a photo of shape",
-        steps=3,
-        resolution=RES,
-        learning_rate=1e-4,
-        train_text_encoder=False,
-        instance_folder="db_subject",
-        class_folder="db_class",
-        options=[options, 0],
-    )
-    inputs.update(widgets)
-    return {
-        loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
-        train: {"class_type": NODE, "inputs": inputs},
-        options: {"class_type": "LikenessTrainingOptions", "inputs": opts},
-    }
+    widgets = dict(resolution=RES, learning_rate=1e-4, train_text_encoder=False) | widgets
+    return training_graph(host, NODE, BASE, "db", ids, **widgets)
 
 
 def _ours(result, event: str, node_id: str) -> list[dict]:

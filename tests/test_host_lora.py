@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import training_inputs
+from train_helpers import training_graph, training_inputs
 
 pytestmark = pytest.mark.host
 
@@ -56,32 +56,11 @@ def setup(comfy_host, comfy_tiny_checkpoint):
 
 
 def _train_graph(host, ids=("1", "2", "9"), **widgets) -> dict:
-    loader, train, options = ids
-    opts = host.defaults("LikenessTrainingOptions")
-    opts.update(sample_steps=2, gradient_checkpointing=False, text_encoder_lr=1e-2)
-    inputs = host.defaults(NODE)
-    inputs.update(
-        model=[loader, 3],
-        output_name="lora_test",
-        instance_prompt="a photo of sks shape",
-        class_prompt="a photo of shape",
-        steps=3,
-        resolution=RES,
-        learning_rate=1e-2,
-        lora_rank=RANK,
-        lora_alpha=ALPHA,
-        lora_layers="all",
+    widgets = dict(
+        resolution=RES, learning_rate=1e-2, lora_rank=RANK, lora_alpha=ALPHA, lora_layers="all",
         train_text_encoder=True,
-        instance_folder="lora_subject",
-        class_folder="lora_class",
-        options=[options, 0],
-    )
-    inputs.update(widgets)
-    return {
-        loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
-        train: {"class_type": NODE, "inputs": inputs},
-        options: {"class_type": "LikenessTrainingOptions", "inputs": opts},
-    }
+    ) | widgets  # fmt: skip
+    return training_graph(host, NODE, BASE, "lora", ids, options={"text_encoder_lr": 1e-2}, **widgets)
 
 
 def _sample_graph(lora_name: str | None, strength: float, prefix: str) -> dict:

@@ -85,3 +85,29 @@ def training_inputs(host, checkpoint: Path, base_name: str, prefix: str, size: i
     class_images(host.input_dir / f"{prefix}_class", n=3, size=size)
     (host.input_dir / f"{prefix}_empty").mkdir(exist_ok=True)
     return host
+
+
+def training_graph(host, node: str, base_name: str, prefix: str, ids=("1", "2", "9"), options=None, **inputs) -> dict:
+    """An API prompt: Likeness Load Checkpoint (``base_name``) -> ``node`` with Likeness Training Options, every input
+    filled from the nodes' defaults, then a short run on the ``training_inputs`` folders of ``prefix``; ``inputs`` and
+    ``options`` override. ``ids`` are the loader's, the training node's and the options node's ids."""
+    loader, train, opt_id = ids
+    opts = host.defaults("LikenessTrainingOptions")
+    opts.update(sample_steps=2, gradient_checkpointing=False, **(options or {}))
+    values = host.defaults(node)
+    values.update(
+        model=[loader, 3],
+        output_name=f"{prefix}_test",
+        instance_prompt="a photo of sks shape",
+        class_prompt="a photo of shape",
+        steps=3,
+        instance_folder=f"{prefix}_subject",
+        class_folder=f"{prefix}_class",
+        options=[opt_id, 0],
+    )
+    values.update(inputs)
+    return {
+        loader: {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": base_name}},
+        train: {"class_type": node, "inputs": values},
+        opt_id: {"class_type": "LikenessTrainingOptions", "inputs": opts},
+    }
