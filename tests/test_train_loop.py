@@ -153,3 +153,19 @@ def test_out_of_memory_is_a_clear_message(tiny_components, tmp_path, monkeypatch
     for words in ("out of memory", "batch_size", "gradient_checkpointing", "adamw8bit", "train_text_encoder"):
         assert words in str(e.value)
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_save_diffusers_writes_a_loadable_folder_of_the_trained_weights(tiny_components, tmp_path):
+    """DreamBooth's ``save_diffusers`` also writes a diffusers folder beside the file, holding the trained model."""
+    from diffusers import StableDiffusionPipeline
+
+    comps = fresh(tiny_components)
+    outcome = train(tiny_config(tmp_path, steps=2, save_diffusers=True), components=comps)
+    folder = outcome.path.with_suffix("")
+    assert folder.is_dir() and not list(tmp_path.glob(".out.*"))  # built aside, renamed into place
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, local_files_only=True)
+    for name in ("unet", "text_encoder", "vae"):
+        saved, trained = getattr(pipe, name).state_dict(), getattr(comps, name).state_dict()
+        assert saved.keys() == trained.keys()
+        assert all(saved[k].dtype == torch.float32 and saved[k].equal(trained[k]) for k in saved), name
+    assert pipe.tokenizer("a photo of sks shape").input_ids == comps.tokenizer("a photo of sks shape").input_ids

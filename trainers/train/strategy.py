@@ -102,42 +102,13 @@ class FullFineTune:
 
     def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path:
         from ..model_io import save_single_file
+        from ..model_io.export import save_diffusers_folder
 
         out = save_single_file(
             components, path, dtype=config.save_dtype, metadata=metadata, overwrite=bool(config.overwrite)
         )
         if getattr(config, "save_diffusers", False):
-            save_diffusers_folder(components, Path(path).with_suffix(""), overwrite=bool(config.overwrite))
+            # the weights as trained (fp32), like the folder this option has always written
+            folder = Path(path).with_suffix("")
+            save_diffusers_folder(components, folder, dtype="fp32", overwrite=bool(config.overwrite))
         return Path(out)
-
-
-def save_diffusers_folder(components, folder: Path, overwrite: bool = False) -> Path:
-    """Also write a diffusers folder (``save_pretrained`` of a pipeline made from our components), atomically."""
-    import shutil
-    import tempfile
-
-    from diffusers import StableDiffusionPipeline
-
-    folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} already exists; choose another output name or allow overwriting")
-    pipe = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=components.noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
