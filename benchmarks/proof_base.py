@@ -213,7 +213,7 @@ def pretrain_denoiser(
     vae, unet, te = parts.vae, parts.unet, parts.text_encoder
     scale = vae.config.scaling_factor
     rng = np.random.default_rng(seed)
-    items = [pd.class_image_and_kind(rng) for _ in range(pool)]
+    items = [pd.described_class_image(rng) for _ in range(pool)]
     with torch.no_grad():
         dists = [
             vae.encode(pd.to_tensor([it[0] for it in items[i : i + 256]])).latent_dist for i in range(0, pool, 256)
@@ -235,11 +235,10 @@ def pretrain_denoiser(
                     cache[c] = encode_prompt(parts, [c])[0]
         return torch.stack([cache[c] for c in captions])
 
-    params = list(unet.parameters())
-    groups = [{"params": params, "lr": lr}]
+    groups = [{"params": list(unet.parameters()), "lr": lr}]
     if te_lr is not None:
         groups.append({"params": list(te.parameters()), "lr": te_lr})
-        params = params + groups[1]["params"]
+    params = [q for g in groups for q in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
     warm = max(1, steps // 20)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(

@@ -78,10 +78,10 @@ def _checker(a, b, cell: int, ox: int = 0, oy: int = 0, stripes: bool = False) -
 
 def class_image(rng: np.random.Generator) -> Image.Image:
     """One class sample: a plain circle, square or triangle of a random colour at a random place."""
-    return class_image_and_kind(rng)[0]
+    return described_class_image(rng)[0]
 
 
-def class_image_and_kind(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
+def described_class_image(rng: np.random.Generator) -> tuple[Image.Image, str, str]:
     """A class picture with what it shows: ``(image, kind, colour name)``."""
     img = _solid(BACKGROUND)
     kind = KINDS[int(rng.integers(len(KINDS)))]
