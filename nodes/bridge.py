@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,19 @@ def resolve_input_folder(folder: str) -> Path:
     return p
 
 
+def input_folder_stamp(folder: str, *, recursive: bool = True) -> str:
+    """A cheap identity of a typed input folder for ``IS_CHANGED`` (names, sizes, times; bounded walk). A folder that
+    is refused gives its error instead, so the node runs and reports it."""
+    from ..trainers.fsutil import folder_stamp
+
+    if not folder or not folder.strip():
+        return ""
+    try:
+        return folder_stamp(resolve_input_folder(folder), recursive=recursive)
+    except (ValueError, OSError) as e:
+        return f"error: {e}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # progress, interrupt, events
 
@@ -137,11 +150,6 @@ def raise_if_interrupted() -> None:
     import comfy.model_management as mm
 
     mm.throw_exception_if_processing_interrupted()
-
-
-def stop_flag() -> Callable[[], bool]:
-    """The callable the engine polls every step."""
-    return interrupted
 
 
 # Monitor state: what GET /likeness/status returns, so a page opened mid-run catches up.

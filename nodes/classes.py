@@ -11,15 +11,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..trainers.classgen import ClassImagesConfig
 from . import bridge
+from .inputs import comfy_inputs, config_from_inputs, node_specs, validator
 
 log = logging.getLogger("likeness")
 
 TITLE = "Generate Class Images"
 PREVIEW_COUNT = 4
-SEED_INPUT = "class_seed"  # not "seed": the page would add a "randomize after queue" control and defeat reuse
-DEFAULT_PROMPT = "a photo of a person"
-_MAIN = ("class_prompt", "negative_prompt", "count", "resolution", "steps", "cfg", "sampler", "seed", "batch_size")
 
 
 def _classgen():
@@ -28,25 +27,8 @@ def _classgen():
     return classgen
 
 
-def _node_inputs(cls) -> dict[str, Any]:
-    from .inputs import comfy_inputs
-
-    main = comfy_inputs(cls, names=list(_MAIN), class_prompt=DEFAULT_PROMPT)
-    return {(SEED_INPUT if k == "seed" else k): v for k, v in main.items()}
-
-
-def _options(values: dict[str, Any]) -> dict[str, Any]:
-    """Node kwargs -> config option names (our seed input has its own name)."""
-    out = dict(values)
-    if SEED_INPUT in out:
-        out["seed"] = out.pop(SEED_INPUT)
-    return out
-
-
 def _config(values: dict[str, Any]):
-    from .inputs import config_from_inputs
-
-    return config_from_inputs(_classgen().ClassImagesConfig, _options(values), TITLE)
+    return config_from_inputs(ClassImagesConfig, values, TITLE)
 
 
 def _ui_images(files: list[Path]) -> list[dict[str, str]]:
@@ -85,15 +67,13 @@ class LikenessGenerateClassImages:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        from .inputs import comfy_inputs
-
-        cfg_cls = _classgen().ClassImagesConfig
+        cfg_cls = ClassImagesConfig
         required = {
             "model": (
                 "LIKENESS_MODEL",
                 {"tooltip": "The checkpoint to generate with (from Likeness Load Checkpoint): the one you train."},
             ),
-            **_node_inputs(cfg_cls),
+            **comfy_inputs(cfg_cls, advanced=False),
         }
         optional = {
             "images": (
@@ -123,32 +103,10 @@ class LikenessGenerateClassImages:
             return f"error: {e}"
         return f"{plan.key}:{plan.count}:{len(plan.missing)}:{','.join(map(str, plan.missing[:50]))}"
 
-    @classmethod
-    def VALIDATE_INPUTS(
-        cls, class_prompt, negative_prompt, count, resolution, steps, cfg, sampler, class_seed, batch_size
-    ):
-        """Refuse bad settings when the prompt is queued, before anything runs (linked inputs are checked later)."""
-        from ..trainers.errors import ConfigError
-
-        values = {
-            "class_prompt": class_prompt,
-            "negative_prompt": negative_prompt,
-            "count": count,
-            "resolution": resolution,
-            "steps": steps,
-            "cfg": cfg,
-            "sampler": sampler,
-            SEED_INPUT: class_seed,
-            "batch_size": batch_size,
-        }
-        known = {k: v for k, v in values.items() if v is not None}  # None: fed by a link, not known yet
-        if "class_prompt" not in known:
-            known["class_prompt"] = DEFAULT_PROMPT
-        try:
-            _config(known)
-        except ConfigError as e:
-            return str(e)
-        return True
+    # bad settings are refused when the prompt is queued, before anything runs (linked inputs: when it runs)
+    VALIDATE_INPUTS = validator(
+        ClassImagesConfig, [s.input_name for s in node_specs(ClassImagesConfig, advanced=False)], TITLE
+    )
 
     def generate(self, model: Any, images: Any = None, unique_id: str | None = None, **values: Any):
         cg = _classgen()
@@ -195,7 +153,7 @@ class LikenessGenerateClassImages:
                 output_root=output_root,
                 device=bridge.torch_device(),
                 on_image=lambda done, total, path: bar.set(done),  # also the host's Cancel point
-                stop=bridge.stop_flag(),
+                stop=bridge.interrupted,
             )
         if result.stopped:
             bridge.raise_if_interrupted()  # ends the prompt as "interrupted"; the saved images stay

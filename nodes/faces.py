@@ -6,7 +6,6 @@ The node resolves folders through the bridge, builds a :class:`CropConfig` from 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ log = logging.getLogger("likeness")
 
 DEFAULT_FOLDER = "likeness_photos"
 PREVIEW_MAX = 64  # crops in the preview batch (a float32 IMAGE of 512x512 crops is 3 MB each)
-_MAIN = ("instance_prompt", "resolution", "margin", "no_face", "detector")
 
 
 def _crop():
@@ -90,7 +88,7 @@ class LikenessFaceCropDataset:
                     "when an IMAGE batch is connected.",
                 },
             ),
-            **comfy_inputs(cfg_cls, names=list(_MAIN)),
+            **comfy_inputs(cfg_cls, advanced=False),
         }
         optional = {
             "images": ("IMAGE", {"tooltip": "Photos as an IMAGE batch instead of a folder."}),
@@ -103,17 +101,7 @@ class LikenessFaceCropDataset:
         """Re-run when the photos in the folder change (names, sizes, times), not only when inputs change."""
         if images is not None:
             return ""
-        h = hashlib.sha256(folder.encode())
-        try:
-            from ..trainers.data.images import list_images
-
-            root = bridge.resolve_input_folder(folder)
-            for p in list_images(root, recursive=bool(kwargs.get("recursive"))):
-                st = p.stat()
-                h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except Exception as e:  # noqa: BLE001 - the run itself reports a bad folder
-            h.update(str(e).encode())
-        return h.hexdigest()
+        return bridge.input_folder_stamp(folder, recursive=bool(kwargs.get("recursive")))
 
     def build(self, folder: str, images: Any = None, unique_id: str | None = None, **options: Any):
         from ..trainers.errors import DatasetError
@@ -146,7 +134,6 @@ class LikenessFaceCropDataset:
             prompt=cfg.instance_prompt.strip(),
             count=outcome.count,
             kind="instance",
-            content_hash=outcome.key,
             report=outcome.text,
         )
         return {

@@ -1,11 +1,19 @@
-"""Config dataclasses -> ComfyUI V1 node inputs, and node kwargs -> config. (No ComfyUI import needed.)"""
+"""Config dataclasses -> ComfyUI V1 node inputs, and node inputs -> config. (No ComfyUI import needed.)
+
+Which options a node shows is decided by the option's own declaration (:func:`trainers.configspec.opt`): a node
+option is a main input unless it is ``advanced``; ``widget`` renames its input. Nothing here lists options by name.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from ..trainers import configspec
 from ..trainers.configspec import OptionSpec
+from ..trainers.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -55,22 +63,85 @@ def comfy_input(spec: OptionSpec, default: Any = None) -> tuple:
     return ("STRING", {"default": value or "", "multiline": spec.multiline, **opts})
 
 
-def comfy_inputs(cls: type, names: list[str] | None = None, advanced: bool | None = None, **defaults) -> dict:
-    """Inputs for the node options of ``cls`` (all, a named subset, or only (non-)advanced ones), in order."""
-    out = {}
-    smap = configspec.spec_map(cls)
-    chosen = names if names is not None else [s.name for s in configspec.specs(cls)]
-    for name in chosen:
-        spec = smap[name]
-        if not spec.node or (advanced is not None and spec.advanced != advanced):
-            continue
-        out[name] = comfy_input(spec, defaults.get(name))
-    return out
+def node_specs(cls: type, *, advanced: bool | None = None, besides: type | None = None) -> list[OptionSpec]:
+    """The node options of ``cls`` in declaration order: all, or only the main (``advanced=False``) or advanced ones;
+    ``besides`` leaves out the options ``cls`` shares with that (base) config class."""
+    shared = set(configspec.spec_map(besides)) if besides is not None else set()
+    return [
+        s
+        for s in configspec.specs(cls)
+        if s.node and s.name not in shared and (advanced is None or s.advanced == advanced)
+    ]
+
+
+def comfy_inputs(
+    cls: type, *, advanced: bool | None = None, besides: type | None = None, **defaults: Any
+) -> dict[str, tuple]:
+    """``INPUT_TYPES`` entries (keyed by input name) for the node options :func:`node_specs` selects."""
+    return {
+        s.input_name: comfy_input(s, defaults.get(s.name)) for s in node_specs(cls, advanced=advanced, besides=besides)
+    }
+
+
+def options_from_inputs(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Node inputs -> option values of ``cls``, by option name (inputs that are not options are left out)."""
+    by_input = {s.input_name: s.name for s in configspec.specs(cls) if s.node}
+    return {by_input[k]: v for k, v in values.items() if k in by_input}
 
 
 def config_from_inputs(cls: type[T], values: dict[str, Any], source: str, **fixed: Any) -> T:
-    """Build a validated config from node inputs (unknown keys ignored: nodes have other inputs too)."""
-    smap = configspec.spec_map(cls)
-    data = {k: v for k, v in values.items() if k in smap}
+    """Build a validated config from node inputs (inputs that are not options are ignored); ``fixed`` wins."""
+    data = options_from_inputs(cls, values)
     data.update(fixed)
     return configspec.from_dict(cls, data, source=source)
+
+
+def changed_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The inputs whose value differs from the option's declared default (by option name): what a user changed."""
+    smap = configspec.spec_map(cls)
+    out = {}
+    for name, value in options_from_inputs(cls, values).items():
+        default = smap[name].default
+        if smap[name].type is list and isinstance(value, str):
+            default = "\n".join(default or [])
+        if _same(value, default):
+            continue
+        out[name] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-15)
+    return a == b
+
+
+def validator(cls: type, inputs: Iterable[str], source: str, **fill: Any):
+    """A ``VALIDATE_INPUTS`` classmethod for the option inputs ``inputs`` of a node built on config ``cls``.
+
+    Its parameters are exactly those input names (the host passes only the inputs a validator names, on every host
+    version); an input fed by a link arrives as None (its value is not known yet) and is checked when the node runs.
+    ``fill`` gives values (by input name) for what is not known yet, so the config can be built.
+    """
+    names = list(inputs)
+
+    def VALIDATE_INPUTS(cls_, **values: Any):  # noqa: N802 - ComfyUI's name
+        known = {**fill, **{k: v for k, v in values.items() if v is not None}}
+        try:
+            config_from_inputs(cls, known, source)
+        except ConfigError as e:
+            return str(e)
+        return True
+
+    params = [inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in names]
+    VALIDATE_INPUTS.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return classmethod(VALIDATE_INPUTS)
+
+
+def legacy_inputs(prompt: Any, unique_id: Any, inputs: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """Values a saved API prompt gives under an input's old name (``renamed``: old -> new), when the new one is
+    absent. ``prompt`` is the node's hidden ``PROMPT`` input (the host drops inputs a node does not declare)."""
+    node = prompt.get(str(unique_id)) if isinstance(prompt, dict) else None
+    raw = node.get("inputs", {}) if isinstance(node, dict) else {}
+    return {new: raw[old] for old, new in renamed.items() if old in raw and new not in inputs}

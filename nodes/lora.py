@@ -13,23 +13,13 @@ from ..trainers.fsutil import safe_name
 from ..trainers.handles import TrainedResult
 from ..trainers.lora.config import LAYER_SETS, LoRAConfig
 from . import bridge
-from .training import MAIN_OPTIONS, LikenessDreamBoothTrain
+from .training import LikenessDreamBoothTrain
 
 log = logging.getLogger(__name__)
-
-LORA_OPTIONS = [n for n in MAIN_OPTIONS if n != "save_dtype"] + [
-    "lora_rank",
-    "lora_alpha",
-    "lora_layers",
-    "lora_dropout",
-    "save_dtype",
-    "training_comment",
-]
 
 
 class LikenessLoRATrain(LikenessDreamBoothTrain):
     CONFIG_CLASS = LoRAConfig
-    OPTION_NAMES = LORA_OPTIONS
     MODEL_FOLDER = "loras"
     KIND = "lora"
     TITLE = "Likeness LoRA Train"
@@ -86,13 +76,9 @@ class LikenessExtractLoRA:
 
         if not isinstance(trained, TrainedResult) or trained.kind != "dreambooth" or trained.base is None:
             raise ConfigError("trained: connect the 'trained' output of Likeness DreamBooth Train (a full model)")
-        name = safe_name(output_name)
-        folder = bridge.model_dir("loras")
-        path = folder / f"{name}.safetensors"
-        n = 2
-        while path.exists():
-            path = folder / f"{name}_{n}.safetensors"
-            n += 1
+        from ..trainers.train.session import free_output_path
+
+        path = free_output_path(bridge.model_dir("loras"), safe_name(output_name))
         with bridge.gpu_session("LoRA extraction"):
             info = extract_lora_files(
                 trained.base, trained.path, path, rank=int(rank), layers=layers, text_encoder=bool(text_encoder)

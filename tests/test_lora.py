@@ -298,9 +298,15 @@ def test_bad_data_fails_before_any_model_is_touched(data, tmp_path):
 def test_only_adapters_get_gradients(data, tmp_path):
     from trainers.lora.strategy import LoRATrain
 
+    from trainers.devices import placement
+    from trainers.train.plan import plan
+    from trainers.train.strategy import RunContext
+
     c = _fresh()
     s = LoRATrain()
-    groups = s.prepare(c, _config(data, tmp_path / "x.safetensors"))
+    cfg = _config(data, tmp_path / "x.safetensors")
+    ctx = RunContext(torch.device("cpu"), placement("cpu", "fp32"), "adamw", plan(cfg), 0.0)
+    groups = s.prepare(c, cfg, ctx)
     trainable = {id(p) for g in groups for p in g["params"]}
     named = list(c.unet.named_parameters()) + list(c.text_encoder.named_parameters())
     assert trainable == {id(p) for n, p in named if p.requires_grad}

@@ -36,7 +36,8 @@ from typing import Any
 
 from .configspec import opt
 from .errors import ConfigError
-from .fsutil import atomic_path, file_sha256, write_json_atomic
+from .fsutil import atomic_path, write_json_atomic
+from .train.config import DEFAULT_CLASS_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class ClassImagesConfig:
     """Options of a class image set (CLI flags, node inputs and tooltips come from here)."""
 
     class_prompt: str = opt(
-        "",
-        "What the class images show: your subject's class without its token, e.g. 'a photo of woman face'.",
+        DEFAULT_CLASS_PROMPT,
+        "What the class images show: your subject's class without its token, e.g. 'a photo of man face'.",
     )
     negative_prompt: str = opt("", "What the images should not show, e.g. 'blurry, lowres, text'; empty for none.")
     count: int = opt(
@@ -81,6 +82,7 @@ class ClassImagesConfig:
         "Seed of the set: image k always uses a seed made from this and k, so a set resumes and grows identically.",
         min=0,
         max=_SEED_MASK,
+        widget="class_seed",  # not "seed": the page would add a "randomize after queue" control and defeat reuse
     )
     batch_size: int = opt(
         4, "Images made at once: faster on a GPU, needs more memory. Does not change the images.", min=1, max=64
@@ -156,18 +158,18 @@ def set_key(settings: dict[str, Any]) -> str:
 
 
 def model_key_of(model: Any, vae_path: str | Path | None = None) -> str:
-    """Identity of the weights: the hash of a ``ModelHandle``'s key; a file or folder gets the key its handle would
-    have (content hash, separate VAE), so the CLI and the node share class sets for the same file."""
-    key = getattr(model, "key", None)
-    if not (isinstance(key, str) and key):
+    """Identity of the weights (a hash of ``ModelHandle.key``); a file or folder gets the key its handle would have,
+    so the CLI and the node share class sets for the same model."""
+    from .handles import ModelHandle
+
+    if not isinstance(model, ModelHandle):
         p = Path(str(model))
         if not p.exists():
             raise ConfigError(f"model {p} does not exist; give an SD1.5 .safetensors/.ckpt file or a diffusers folder")
-        from .model_io.export import content_hash
+        from .fsutil import content_sha256
 
-        vae = str(Path(vae_path).resolve()) if vae_path else ""
-        key = "|".join([content_hash(p), vae, "", "auto"])
-    return hashlib.sha256(key.encode()).hexdigest()
+        model = ModelHandle(str(p), "sd1", content_sha256(p), vae_path=str(vae_path) if vae_path else None)
+    return hashlib.sha256(model.key.encode()).hexdigest()
 
 
 def components_key(components: Any) -> str:
@@ -351,12 +353,6 @@ class ClassImagesResult:
     def complete(self) -> bool:
         return self.count == self.requested
 
-    def content_hash(self) -> str:
-        h = hashlib.sha256(self.key.encode())
-        for p in self.files:
-            h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
-        return h.hexdigest()
-
     def summary(self) -> str:
         state = "complete" if self.complete else ("stopped" if self.stopped else "incomplete")
         return (
@@ -373,7 +369,6 @@ class ClassImagesResult:
             prompt=self.prompt,
             count=self.count,
             kind="class",
-            content_hash=self.content_hash(),
             report=self.summary(),
         )
 

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -48,11 +49,15 @@ def opt(
     advanced: bool = False,
     cli: bool = True,
     node: bool = True,
+    widget: str | None = None,
 ) -> Any:
     """Declare a config field with its help text (tooltip), bounds and where it appears.
 
-    ``advanced`` options are tucked away in front ends (an optional node input); ``cli=False`` / ``node=False`` hide
-    an option from that front end (e.g. a path the node fills in itself).
+    Where an option appears on the ComfyUI nodes is decided here and nowhere else: a node option (``node=True``) is a
+    **main input** of its node unless it is ``advanced``; advanced options of the shared training config are inputs
+    of the Training Options node, the other advanced options optional inputs of their own node. ``node=False`` /
+    ``cli=False`` hide an option from that front end (e.g. a path the node fills in itself). ``widget`` renames the
+    node input (``seed`` inputs get a "randomize after queue" control on the page, which would retrain every time).
     """
     meta = {
         _META_KEY: {
@@ -65,6 +70,7 @@ def opt(
             "advanced": advanced,
             "cli": cli,
             "node": node,
+            "widget": widget,
         }
     }
     if isinstance(default, (list, dict, set)):
@@ -90,6 +96,12 @@ class OptionSpec:
     advanced: bool
     cli: bool
     node: bool
+    widget: str | None  # the node input's name when it is not the option's own
+
+    @property
+    def input_name(self) -> str:
+        """The name of this option's ComfyUI node input."""
+        return self.widget or self.name
 
 
 def _resolve_type(annotation: Any) -> tuple[type, bool]:
@@ -159,7 +171,10 @@ def coerce(spec: OptionSpec, value: Any, source: str = "config") -> Any:
         if spec.type is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} is {value!r}; it must be a finite number ({spec.help})")
+            return number
         if spec.type is list:
             if isinstance(value, str):
                 sep = "\n" if "\n" in value else None
@@ -167,6 +182,8 @@ def coerce(spec: OptionSpec, value: Any, source: str = "config") -> Any:
                 return [s.strip() for s in items if s.strip()]
             return [str(v) for v in value]
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         kind = {bool: "true or false", int: "a whole number", float: "a number", list: "a list", str: "text"}
         raise ConfigError(f"{where} must be {kind[spec.type]}, got {value!r}") from None
@@ -183,6 +200,8 @@ def validate(cfg: T, source: str = "config") -> T:
             continue
         if spec.choices is not None and value not in spec.choices:
             raise ConfigError(f"{where} is {value!r}; choose one of: {', '.join(spec.choices)}")
+        if spec.type is float and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ConfigError(f"{where} is {value!r}; it must be a finite number ({spec.help})")
         if spec.type in (int, float):
             if spec.min is not None and value < spec.min:
                 raise ConfigError(f"{where} is {value}; it must be at least {spec.min}")

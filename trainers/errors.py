@@ -21,3 +21,11 @@ class DatasetError(LikenessError, ValueError):
 
 class TrainingStopped(LikenessError):
     """Raised by front ends that want an exception when the stop flag ended a run early."""
+
+
+class OutOfMemory(LikenessError):
+    """The GPU ran out of memory; the message says what to change."""
+
+
+class TrainingDiverged(LikenessError):
+    """The loss (or the gradients) stopped being finite numbers; nothing broken was saved."""

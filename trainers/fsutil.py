@@ -30,6 +30,41 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return _HASH_CACHE[key]
 
 
+def folder_stamp(folder: str | Path, *, recursive: bool = True, limit: int = 20_000) -> str:
+    """A cheap identity of a folder's state: names, sizes and modification times of its files (no contents read).
+
+    Hidden files and folders are skipped and symlinked folders are not followed; the walk stops after ``limit``
+    entries, so a stamp of a huge folder costs a bounded time (and changes when what was seen changes).
+    """
+    root = Path(folder)
+    h = hashlib.sha256(str(root).encode())
+    seen = 0
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        for name in sorted(files):
+            seen += 1
+            if seen > limit:
+                h.update(b"...more")
+                return h.hexdigest()
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def content_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, hidden files left out)."""
+    p = Path(path)
+    if p.is_dir():
+        return tree_sha256([q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")], root=p)
+    return file_sha256(p)
+
+
 def tree_sha256(paths: list[Path], root: Path | None = None) -> str:
     """One hash over the names (relative to ``root``) and contents of many files, order independent."""
     h = hashlib.sha256()

@@ -24,8 +24,16 @@ class ModelHandle:
 
     @property
     def key(self) -> str:
-        """Identity of the weights the trainers will load (file + VAE + EMA choice)."""
-        parts = [self.content_hash, self.vae_path or "", self.base_path or "", self.ema]
+        """Identity of the weights the trainers will load: the contents of the file, of the separate VAE and base
+        files (not their paths, so the CLI and the nodes agree), and the EMA choice."""
+        from .fsutil import content_sha256
+
+        parts = [
+            self.content_hash,
+            content_sha256(self.vae_path) if self.vae_path else "",
+            content_sha256(self.base_path) if self.base_path else "",
+            self.ema,
+        ]
         return "|".join(parts)
 
 
@@ -37,7 +45,6 @@ class DatasetHandle:
     prompt: str
     count: int
     kind: str = "instance"  # "instance" | "class"
-    content_hash: str = ""
     report: str = ""  # human-readable report (face crop) or manifest summary (class images)
 
 

@@ -28,9 +28,10 @@ class LoRAConfig(TrainConfig):
     """LoRA: train small low-rank adapters (the base model stays frozen) and save a kohya/A1111 LoRA file."""
 
     learning_rate: float = opt(1e-4, "Learning rate of the LoRA adapters (1e-4 is the usual LoRA value).", min=0.0)
-    text_encoder_lr: float | None = opt(
-        5e-5, "Learning rate of the text encoder adapters (empty = same as learning_rate).", min=0.0, advanced=True
-    )
+    text_encoder_lr: float = opt(
+        5e-5, "Learning rate of the text encoder adapters (0 = same as learning_rate).", min=0.0, step=1e-7,
+        advanced=True,
+    )  # fmt: skip
     lora_rank: int = opt(
         16, "LoRA rank (dim): capacity and file size (16 = ~9 MB with the text encoder).", min=1, max=1024
     )

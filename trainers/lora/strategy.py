@@ -9,31 +9,17 @@ file (and optionally the diffusers one) with kohya-style ``ss_*`` metadata.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from ..train.strategy import ParamGroup, text_encoder_lr
+from ..train.strategy import ParamGroup, RunContext, text_encoder_lr
 from . import adapters
 from .kohya import TrainingFacts, base_model_hashes, save_diffusers, save_kohya, tag_frequency, training_metadata
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def base_dtype(config) -> torch.dtype:
-    """The dtype the frozen base weights are kept in: the compute precision on a GPU, else fp32."""
-    from ..train.loop import resolve_device, resolve_precision
-
-    device = resolve_device(config)
-    precision = resolve_precision(config, device)
-    if device == "cpu":
-        return torch.float32
-    return _DTYPES.get(precision, torch.float32)
 
 
 class LoRATrain:
@@ -43,17 +29,15 @@ class LoRATrain:
 
     def __init__(self) -> None:
         self.train_text_encoder = False
-        self.started_at = 0.0
         self.unet_layers: list[str] = []
         self.te_layers: list[str] = []
 
-    def prepare(self, components, config) -> list[ParamGroup]:
-        self.started_at = time.time()
+    def prepare(self, components, config, ctx: RunContext) -> list[ParamGroup]:
         self.train_text_encoder = bool(config.train_text_encoder)
         c = components
         for module in (c.unet, c.text_encoder, c.vae):
             module.requires_grad_(False)
-        dtype = base_dtype(config)
+        dtype = ctx.placement.frozen_dtype  # the base stays frozen: compute precision on a GPU, fp32 on the CPU
         self.unet_layers = adapters.unet_target_names(c.unet, config.lora_layers)
         adapters.add_adapters(
             c.unet, self.unet_layers, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout
@@ -128,10 +112,10 @@ class LoRATrain:
         te = adapters.get_weights(components.text_encoder) if self.train_text_encoder else {}
         return unet, te
 
-    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path:
+    def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path:
         unet, te = self.weights(components)
         md = dict(metadata)
-        md.update(training_metadata(self.facts(config, metadata, Path(path))))
+        md.update(training_metadata(self.facts(config, metadata, Path(path), ctx)))
         out = save_kohya(path, unet, te, metadata=md, dtype=config.save_dtype, overwrite=bool(config.overwrite))
         if getattr(config, "save_diffusers", False):
             save_diffusers(
@@ -145,7 +129,7 @@ class LoRATrain:
             )
         return out
 
-    def facts(self, config, metadata: dict[str, str], path: Path) -> TrainingFacts:
+    def facts(self, config, metadata: dict[str, str], path: Path, ctx: RunContext) -> TrainingFacts:
         base = Path(config.base_model) if config.base_model else None
         legacy, full = "", metadata.get("likeness.base_model_sha256", "")
         if base is not None and base.is_file():
@@ -154,16 +138,10 @@ class LoRATrain:
                 full = full or full2
             except OSError as e:
                 log.warning("could not hash the base model %s: %s", base, e)
-        from ..train.loop import resolve_device, resolve_precision
-        from ..train.optim import resolve_optimizer
-
-        device = resolve_device(config)
-        dirs, tags, n_inst = _dataset_facts(config.instance_data, config.instance_prompt)
-        steps = int(metadata.get("likeness.steps", config.steps))
+        dirs, tags, n_inst = _dataset_facts(ctx.plan.instance)
+        steps = ctx.step
         seen = steps * config.batch_size * config.gradient_accumulation
-        n_reg = 0
-        if config.prior_preservation and config.class_data:
-            n_reg = sum(v["img_count"] for v in _dataset_facts(config.class_data, config.class_prompt)[0].values())
+        n_reg = len(ctx.plan.classes.unique) if ctx.plan.classes is not None else 0
         return TrainingFacts(
             rank=config.lora_rank,
             alpha=config.lora_alpha,
@@ -186,8 +164,8 @@ class LoRATrain:
             text_encoder_lr=text_encoder_lr(config),
             lr_scheduler=config.lr_scheduler,
             lr_warmup_steps=config.lr_warmup_steps,
-            optimizer=resolve_optimizer(config, device),
-            mixed_precision=resolve_precision(config, device),
+            optimizer=ctx.optimizer,
+            mixed_precision=ctx.placement.precision,
             seed=config.seed,
             num_train_images=n_inst,
             num_reg_images=n_reg,
@@ -199,7 +177,7 @@ class LoRATrain:
             dataset_dirs=dirs,
             tag_frequency=tags,
             training_comment=config.training_comment,
-            started_at=self.started_at,
+            started_at=ctx.started_at,
             finished_at=time.time(),
         )
 
@@ -209,31 +187,15 @@ def diffusers_path(path: str | Path) -> Path:
     return p.with_name(p.stem + ".diffusers.safetensors")
 
 
-def _dataset_facts(folder: str, prompt: str) -> tuple[dict, dict, int]:
-    """kohya's ``ss_dataset_dirs`` and ``ss_tag_frequency`` for a folder (captions from .txt files or the prompt)."""
-    from ..train.dataset import scan_folder
-
-    try:
-        entries = scan_folder(folder, "dataset")
-    except Exception as e:  # noqa: BLE001 - metadata must never fail a finished run
-        log.debug("no dataset facts for %s: %s", folder, e)
-        return {}, {}, 0
-    root = Path(folder)
+def _dataset_facts(images) -> tuple[dict, dict, int]:
+    """kohya's ``ss_dataset_dirs`` and ``ss_tag_frequency`` for the run's instance images (as the plan read them)."""
+    root = images.folder
     dirs: dict[str, dict[str, int]] = {}
     captions: dict[str, list[str]] = {}
-    total = 0
-    for path, repeats in entries:
-        key = path.parent.name if path.parent != root else root.name
+    for example in images.unique:
+        key = example.path.parent.name if example.path.parent != root else root.name
+        repeats = sum(1 for e in images.examples if e is example)
         d = dirs.setdefault(key, {"n_repeats": repeats, "img_count": 0})
         d["img_count"] += 1
-        total += repeats
-        cap_file = path.with_suffix(".txt")
-        text = cap_file.read_text(encoding="utf-8", errors="replace").strip() if cap_file.is_file() else ""
-        captions.setdefault(key, []).append(text or prompt)
-    return dirs, tag_frequency(captions), total
-
-
-def metadata_summary(md: dict[str, str]) -> str:
-    """A short human summary of a LoRA header (for logs and node reports)."""
-    keys = ("ss_output_name", "ss_network_dim", "ss_network_alpha", "ss_steps", "ss_sd_model_name")
-    return json.dumps({k: md.get(k) for k in keys})
+        captions.setdefault(key, []).append(example.caption)
+    return dirs, tag_frequency(captions), len(images.examples)

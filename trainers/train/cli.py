@@ -1,7 +1,8 @@
 """``python -m trainers dreambooth --config my.toml [key=value ...]`` (and ``lora``): train from the command line.
 
-The CLI builds the same config object the ComfyUI node builds and calls the same ``train``; it only adds a text
-progress bar and Ctrl+C handling (the first Ctrl+C asks the loop to stop cleanly and save a resumable state).
+The CLI builds the same config object the ComfyUI node builds and runs it through the same
+:class:`~trainers.train.session.Session` (same content key, reuse, output naming and automatic resume); it only adds a
+text progress bar and Ctrl+C handling (the first Ctrl+C asks the loop to stop cleanly and save a resumable state).
 
 Another training command plugs in with one entry in ``CONFIGS``: ``command -> (module, config class name)``.
 """
@@ -35,13 +36,40 @@ def config_class(command: str) -> type:
 
 def add_arguments_for(command: str, parser: argparse.ArgumentParser) -> None:
     configspec.add_arguments(parser, config_class(command))
+    parser.add_argument("--force", action="store_true", help="train again even if this result exists already")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
 
-def run_for(command: str, args: argparse.Namespace) -> int:
-    from .loop import train
+def make_session(cfg, *, force: bool = False):
+    """The session the nodes would make for this config: the base model's identity from its file (and VAE)."""
+    from ..fsutil import cache_dir
+    from ..model_io import make_model_handle
+    from .session import Session
 
+    if not str(cfg.base_model).strip():
+        raise ConfigError("option 'base_model' is not set; pass --base-model MODEL.safetensors (or a diffusers folder)")
+    handle = make_model_handle(cfg.base_model, vae_path=cfg.vae_path)
+    session = Session(
+        cfg, model_key=handle.key, base_hash=handle.content_hash, state_root=cache_dir() / "training_state", force=force
+    )
+    return session, handle
+
+
+def run_session(session, handle, tokenizer, callbacks, stop=None):
+    """Reuse the earlier result, or plan, load the model (with its separate VAE) and train."""
+    from ..model_io import load_components
+
+    found = session.existing()
+    if found is not None:
+        return found
+    session.plan()  # every check before the model is loaded
+    callbacks.on_status(f"loading {handle.path}")
+    return session.train(load_components(handle, tokenizer=tokenizer), callbacks=callbacks, stop=stop)
+
+
+def run_for(command: str, args: argparse.Namespace) -> int:
     cfg = configspec.from_args(config_class(command), args)
+    session, handle = make_session(cfg, force=args.force)
     stop_requested = {"flag": False}
 
     def on_sigint(signum, frame):  # noqa: ARG001
@@ -53,15 +81,18 @@ def run_for(command: str, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty())
-        outcome = train(cfg, callbacks=bar, stop=lambda: stop_requested["flag"])
+        result = run_session(session, handle, cfg.tokenizer, bar, stop=lambda: stop_requested["flag"])
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
-    if outcome.state == "finished":
-        print(f"saved {outcome.path} ({outcome.steps_done} steps, {outcome.elapsed:.0f} s)")
+    if result.state == "reused":
+        print(f"reused {result.path}: it was trained with this model, these images and options (--force trains again)")
         return 0
-    where = f"; resume with resume_from={outcome.state_path}" if outcome.state_path else ""
-    print(f"stopped at step {outcome.steps_done} of {outcome.total_steps}{where}")
+    if result.state == "finished":
+        print(f"saved {result.path} ({result.steps_done} steps, {result.outcome.elapsed:.0f} s)")
+        return 0
+    where = f"; run the same command again to resume from {result.state_path}" if result.state_path else ""
+    print(f"stopped at step {result.steps_done} of {result.total_steps}{where}")
     return 130
 
 

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from ..configspec import opt
 from ..errors import ConfigError
 
+DEFAULT_INSTANCE_PROMPT = "a photo of sks woman face"
+DEFAULT_CLASS_PROMPT = "a photo of woman face"  # the class images' prompt too: one default everywhere
+
 PATH_OPTIONS = (
     "base_model",
     "vae_path",
@@ -41,6 +44,10 @@ PATH_OPTIONS = (
 
 RUN_OPTIONS = PATH_OPTIONS + ("overwrite", "device", "checkpoint_every", "keep_checkpoints", "save_state_on_stop")
 """Options that do not change the trained weights (a resumed run may change them)."""
+
+SAMPLE_OPTIONS = ("sample_every", "sample_prompts", "sample_at_end", "sample_seed", "sample_steps", "sample_guidance")
+WEIGHTLESS_OPTIONS = RUN_OPTIONS + SAMPLE_OPTIONS
+"""Options left out of a result's content key: the same weights whatever their values."""
 
 
 @dataclass
@@ -62,11 +69,11 @@ class TrainConfig:
         "kohya-style sub-folders '<repeats>_<name>' repeat their images.",
         node=False,
     )
-    instance_prompt: str = opt("a photo of sks woman face", "Prompt for the subject's photos (rare token + class).")
+    instance_prompt: str = opt(DEFAULT_INSTANCE_PROMPT, "Prompt for the subject's photos (rare token + class).")
     class_data: str | None = opt(
         None, "Folder of class images for prior preservation (e.g. made by Generate Class Images).", node=False
     )
-    class_prompt: str = opt("a photo of woman face", "Prompt for the class images (the class without the token).")
+    class_prompt: str = opt(DEFAULT_CLASS_PROMPT, "Prompt for the class images (the class without the token).")
     prior_preservation: bool = opt(
         True,
         "Keep the model's idea of the class by training on class images in every step (needs class images).",
@@ -83,13 +90,22 @@ class TrainConfig:
     resolution: int = opt(512, "Training image side in pixels (multiple of 8; SD1.5 was trained at 512).", min=32)
     batch_size: int = opt(1, "Subject images per step (prior preservation adds as many class images).", min=1)
     gradient_accumulation: int = opt(1, "Micro-batches summed into one optimizer step.", min=1, advanced=True)
-    seed: int = opt(0, "Seed for data order, noise and timesteps: same seed + same data = same result.", min=0)
-    random_flip: bool = opt(False, "Mirror images at random (off for faces: parting and moles are one-sided).")
+    seed: int = opt(
+        0, "Seed for data order, noise and timesteps: same seed + same data = same result.", min=0, widget="train_seed"
+    )
+    random_flip: bool = opt(
+        False, "Mirror images at random (off for faces: parting and moles are one-sided).", advanced=True
+    )
 
     # --- optimizer ---
     learning_rate: float = opt(2e-6, "Learning rate (2e-6 for a full UNet on faces).", min=0.0, step=1e-7)
     text_encoder_lr: float = opt(
-        0.0, "Learning rate for the text encoder (0 = same as learning_rate).", min=0.0, step=1e-7, advanced=True
+        0.0,
+        "Learning rate for the text encoder (0 = same as learning_rate). Left at 0 on Training Options, each training "
+        "node keeps its own default (LoRA: 5e-5).",
+        min=0.0,
+        step=1e-7,
+        advanced=True,
     )
     lr_scheduler: str = opt(
         "constant",
@@ -113,8 +129,9 @@ class TrainConfig:
 
     # --- objective ---
     snr_gamma: float = opt(
-        0.0, "Min-SNR-gamma loss weighting (5.0 is the paper's value, 0 = off; Hang et al. 2023).", min=0.0
-    )
+        0.0, "Min-SNR-gamma loss weighting (5.0 is the paper's value, 0 = off; Hang et al. 2023).", min=0.0,
+        advanced=True,
+    )  # fmt: skip
     noise_offset: float = opt(
         0.0, "Offset noise strength (0.05-0.1 helps very dark/bright images, 0 = off).", min=0.0, advanced=True
     )
@@ -161,7 +178,11 @@ class TrainConfig:
 
     # --- checkpoints and resume ---
     state_dir: str | None = opt(
-        None, "Folder for resumable training states (empty = beside the output).", node=False, advanced=True
+        None,
+        "Folder under which resumable training states are kept, one sub-folder per run (named after the output and "
+        "its content key); empty = the front end's own (CLI: ~/.cache/likeness/training_state).",
+        node=False,
+        advanced=True,
     )
     checkpoint_every: int = opt(0, "Save a resumable state every N steps (0 = never).", min=0, advanced=True)
     keep_checkpoints: int = opt(2, "Keep only the last K resumable states.", min=1, advanced=True)

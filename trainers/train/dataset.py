@@ -44,7 +44,7 @@ class ImageSet:
     kind: str  # "instance" | "class"
     folder: Path
     examples: tuple[Example, ...]  # with repeats (the same Example object repeated)
-    files: tuple[Path, ...]  # distinct files read (images and captions), for the content hash
+    files: tuple[Path, ...]  # distinct files read (images and captions)
     skipped: tuple[str, ...]  # unreadable images and why
 
     def __len__(self) -> int:
@@ -57,13 +57,6 @@ class ImageSet:
         for ex in self.examples:
             seen.setdefault(id(ex), ex)
         return list(seen.values())
-
-    def content_hash(self) -> str:
-        h = hashlib.sha256(self.kind.encode())
-        for p in sorted(self.files, key=lambda q: q.relative_to(self.folder).as_posix()):
-            h.update(p.relative_to(self.folder).as_posix().encode() + b"\0" + file_sha256(p).encode())
-        h.update(str(len(self.examples)).encode())
-        return h.hexdigest()
 
 
 def scan_folder(folder: str | Path, what: str) -> list[tuple[Path, int]]:
@@ -92,6 +85,22 @@ def scan_folder(folder: str | Path, what: str) -> list[tuple[Path, int]]:
             "put the photos in it or in '<repeats>_<name>' sub-folders"
         )
     return found
+
+
+def fingerprint(folder: str | Path, what: str = "dataset") -> str:
+    """The identity of a dataset folder, used everywhere a folder of images is named (result keys, resumable states,
+    metadata): each image's path inside the folder, its repeats and bytes, and its caption file's bytes.
+
+    Reads no pixels; file hashes are cached by path, size and modification time, so asking again is cheap.
+    """
+    root = Path(folder)
+    h = hashlib.sha256()
+    for path, repeats in scan_folder(root, what):
+        h.update(f"{path.relative_to(root).as_posix()}:{repeats}:{file_sha256(path)}".encode())
+        caption = path.with_suffix(".txt")
+        if caption.is_file():
+            h.update(b"caption:" + file_sha256(caption).encode())
+    return h.hexdigest()
 
 
 def square(image, size: int):

@@ -1,18 +1,20 @@
-"""The training loop shared by DreamBooth and LoRA.
+"""The training loop shared by DreamBooth and LoRA: :meth:`Trainer.one_step` is the training step.
 
-``train(config, components=..., callbacks=..., stop=...)`` validates everything it can (config, folders, images,
-output path, resume state) before a model is touched, then runs::
+``train(config, components=..., callbacks=..., stop=...)`` plans the run (:mod:`.plan`: every check before a model is
+touched), then :class:`Trainer` runs::
 
-    caching  -> encode every image with the VAE once (and every prompt, while the text encoder is frozen)
+    caching  -> encode every image with the VAE once (and every prompt, while the text encoder is frozen); the VAE
+                (and the frozen text encoder) then leave the training device until samples need them
     training -> for each step: [stop?] -> micro-batches (subject + class halves) -> loss -> backward
                 -> clip -> optimizer/lr step -> progress callback -> samples / resumable state every N steps
     saving   -> the strategy writes the result atomically, with metadata
     sampling -> a last set of sample images
 
 What trains and how it is saved is the strategy's business (:mod:`.strategy`); the maths of one step live in
-:mod:`.objective`. Randomness (data order, flips, VAE sampling, noise, timesteps) comes from generators seeded with
-``(seed, step, micro-batch, process)``, so a run stopped at step 5 and resumed continues exactly as if it had never
-stopped: on CPU in fp32 the final weights are bitwise identical.
+:mod:`.objective`; resumable states in :mod:`.state`; images in :mod:`..sampling`. Randomness (data order, flips, VAE
+sampling, noise, timesteps) comes from generators seeded with ``(seed, step, micro-batch, process)``, so a run stopped
+at step 5 and resumed continues exactly as if it had never stopped: on CPU in fp32 the final weights are bitwise
+identical. Front ends usually go through :mod:`.session`, which owns the run's files and reuse.
 """
 
 from __future__ import annotations
@@ -23,195 +25,26 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..configspec import config_hash, to_dict, validate
-from ..errors import ConfigError, LikenessError
-from .config import RUN_OPTIONS
-from .dataset import ImageSet, Order, load_image_set, mix_seed, to_tensor
+from ..devices import placement
+from ..errors import OutOfMemory, TrainingDiverged
+from .dataset import Order, mix_seed, to_tensor
+from .events import Callbacks, ProgressInfo, TrainOutcome
 from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
+from .plan import Plan, metadata_config, plan, weights_hash
+from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
+from .strategy import RunContext
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+__all__ = ["Callbacks", "OutOfMemory", "ProgressInfo", "TrainOutcome", "Trainer", "train"]
 
-
-class OutOfMemory(LikenessError):
-    """The GPU ran out of memory; the message says what to change."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# what front ends see
-
-
-@dataclass
-class ProgressInfo:
-    """One progress report (also the payload of the ``likeness.progress`` browser event)."""
-
-    step: int
-    total: int
-    phase: str  # caching | training | sampling | saving
-    loss: float | None = None
-    loss_smoothed: float | None = None
-    lr: float | None = None
-    elapsed: float = 0.0
-    eta: float | None = None
-    it_s: float | None = None
-    loss_instance: float | None = None
-    loss_prior: float | None = None
-
-    def as_event(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-class Callbacks:
-    """What a front end hears during training. Subclass and override what you need (all no-ops here)."""
-
-    def on_progress(self, info: ProgressInfo) -> None:
-        pass
-
-    def on_sample(self, step: int, images: list, prompts: list[str]) -> None:
-        pass
-
-    def on_status(self, text: str) -> None:
-        pass
-
-
-@dataclass
-class TrainOutcome:
-    state: str  # "finished" | "stopped"
-    steps_done: int
-    total_steps: int
-    path: Path | None  # the saved result (None when stopped)
-    state_path: Path | None  # the last resumable state written (if any)
-    losses: list[float] = field(default_factory=list)  # one per optimizer step, from step 1 (resumed runs included)
-    losses_instance: list[float] = field(default_factory=list)
-    losses_prior: list[float] = field(default_factory=list)
-    samples: list = field(default_factory=list)  # last sample images (PIL)
-    sample_prompts: list[str] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
-    elapsed: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# preflight (no torch models needed)
-
-
-@dataclass
-class Plan:
-    """Everything checked and read before training: the images, output and resume locations, identity hashes."""
-
-    config: Any
-    instance: ImageSet
-    classes: ImageSet | None
-    output: Path
-    state_dir: Path
-    resume: Path | None
-    dataset_hash: str
-
-
-def plan(config) -> Plan:
-    """Validate the config and the data; raise ConfigError/DatasetError before any heavy work."""
-    validate(config, source=f"{getattr(config, 'kind', 'training')} options")
-    if not str(config.output).strip():
-        raise ConfigError("option 'output' is empty: give the path of the .safetensors file to write")
-    output = Path(config.output).expanduser()
-    if output.suffix.lower() != ".safetensors":
-        raise ConfigError(f"option 'output' ({output}) must end in .safetensors")
-    if output.exists() and not config.overwrite:
-        raise ConfigError(f"output {output} already exists; choose another name or set overwrite=true")
-    instance = load_image_set(config.instance_data, config.instance_prompt, config.resolution, "instance")
-    classes = None
-    if config.prior_preservation:
-        classes = load_image_set(config.class_data, config.class_prompt, config.resolution, "class")
-    state_dir = Path(config.state_dir).expanduser() if config.state_dir else output.with_name(output.stem + ".state")
-    resume = find_resume(config.resume_from, state_dir)
-    parts = [instance.content_hash()] + ([classes.content_hash()] if classes else [])
-    return Plan(config, instance, classes, output, state_dir, resume, "-".join(p[:32] for p in parts))
-
-
-def find_resume(resume_from: str | None, state_dir: Path) -> Path | None:
-    if not resume_from:
-        return None
-    if resume_from == "latest":
-        states = list_states(state_dir)
-        if not states:
-            raise ConfigError(f"resume_from=latest but {state_dir} holds no resumable state (step-NNNNNN folders)")
-        return states[-1]
-    p = Path(resume_from).expanduser()
-    if not (p / "state.json").is_file():
-        raise ConfigError(f"resume_from: {p} is not a resumable state (a folder with state.json)")
-    return p
-
-
-def list_states(state_dir: Path) -> list[Path]:
-    if not state_dir.is_dir():
-        return []
-    found = [p for p in state_dir.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-def weights_hash(config) -> str:
-    """Hash of the options that shape the trained weights (not paths, not checkpoint cadence)."""
-    return config_hash(config, exclude=RUN_OPTIONS + ("steps",))
-
-
-def metadata_config(config) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(config).items() if k not in RUN_OPTIONS}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# accelerate
-
-
-def make_accelerator(mixed_precision: str, device: str):
-    """An ``Accelerator`` for this run.
-
-    accelerate keeps process-wide singletons (``AcceleratorState``): a second ``Accelerator`` with another precision
-    raises in a long-lived process (ComfyUI, pytest). In a single process we reset them first; under
-    ``accelerate launch`` (several processes) the launcher's state is kept.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not distributed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    mp = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[mixed_precision]
-    return Accelerator(mixed_precision=mp, cpu=device == "cpu")
-
-
-def resolve_precision(config, device_type: str) -> str:
-    import torch
-
-    if config.mixed_precision != "auto":
-        if device_type == "cpu" and config.mixed_precision == "fp16":
-            raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
-        return config.mixed_precision
-    if device_type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def resolve_device(config) -> str:
-    import torch
-
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is available; use device=auto or cpu")
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.device
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the trainer
+OFFLOAD_DEVICE = "cpu"  # where frozen parts wait while they are not needed
 
 
 def train(
@@ -221,14 +54,17 @@ def train(
     callbacks: Callbacks | None = None,
     stop: Callable[[], bool] | None = None,
     base_hash: str | None = None,
+    the_plan: Plan | None = None,
 ) -> TrainOutcome:
-    """Train ``config`` (a ``DreamBoothConfig`` or ``LoRAConfig``) and save the result.
+    """Train ``config`` (a ``DreamBoothConfig`` or ``LoRAConfig``) and save the result at ``config.output``.
 
     ``components`` (``model_io.Components``) are trained in place; without them the base model named by the config is
     loaded. ``stop`` is polled every step; when it returns True the run saves a resumable state (if configured) and
-    returns with ``state="stopped"``. ``base_hash`` is the base model's sha256 when the caller already knows it.
+    returns with ``state="stopped"``. ``base_hash`` is the base model's sha256 when the caller already knows it;
+    ``the_plan`` a plan the caller already made for this config. This is the bare run: reuse of earlier results,
+    output names and automatic resume belong to :class:`~trainers.train.session.Session`.
     """
-    the_plan = plan(config)
+    the_plan = the_plan or plan(config)
     callbacks = callbacks or Callbacks()
     stop = stop or (lambda: False)
     if components is None:
@@ -254,6 +90,24 @@ def _base_hash(path: str) -> str:
     return content_hash(path)
 
 
+def make_accelerator(mixed_precision: str, device_type: str):
+    """An ``Accelerator`` for this run.
+
+    accelerate keeps process-wide singletons (``AcceleratorState``): a second ``Accelerator`` with another precision
+    raises in a long-lived process (ComfyUI, pytest). In a single process we reset them first; under
+    ``accelerate launch`` (several processes) the launcher's state is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    mp = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[mixed_precision]
+    return Accelerator(mixed_precision=mp, cpu=device_type == "cpu")
+
+
 class Trainer:
     """One run: set up from a plan, then cache -> train -> save -> sample. ``run()`` is the whole story."""
 
@@ -270,26 +124,28 @@ class Trainer:
         self.losses_prior: list[float] = []
         self.samples: list = []
         self.last_state: Path | None = None
-        self.step = 0
+        self.step = self.resumed_at = 0
         self.t_start = time.perf_counter()
-        self.optimizer = None
+        self.optimizer = self.lr_scheduler = None
         self.latent_cache: dict[tuple[str, int, bool], Any] = {}
         self.text_cache: dict[str, Any] = {}
+        self.offloaded: set[str] = set()  # frozen parts moved off the training device after caching
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         import torch
 
-        cfg = self.cfg
-        device_type = resolve_device(cfg)
-        self.precision = resolve_precision(cfg, device_type)
-        self.accel = make_accelerator(self.precision, device_type)
+        from .optim import make_lr_scheduler, make_optimizer, resolve_optimizer
+
+        cfg, c = self.cfg, self.c
+        where = placement(cfg.device, cfg.mixed_precision)
+        self.accel = make_accelerator(where.precision, where.device_type)
         self.device = self.accel.device
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
-        c = self.c
+        self.ctx = RunContext(self.device, where, resolve_optimizer(cfg, where.device_type), self.plan, time.time())
         _set_attention(c.unet, cfg.attention)
-        self.groups = self.strategy.prepare(c, cfg)
+        self.groups = self.strategy.prepare(c, cfg, self.ctx)
         self.modules = self.strategy.trainable_modules(c)
         for module in (c.unet, c.vae, c.text_encoder):
             module.to(self.device)
@@ -301,15 +157,12 @@ class Trainer:
                 c.unet.enable_gradient_checkpointing()
             if "text_encoder" in self.modules:
                 _te_checkpointing(c.text_encoder, True)
-        self.optimizer = self.accel.prepare(_make_optimizer(cfg, self.groups, device_type))
-        from .optim import make_lr_scheduler
-
+        self.optimizer = self.accel.prepare(make_optimizer(cfg, self.groups, where.device_type))
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer.optimizer)
         # Forward passes go through the data-parallel wrappers when there are several processes.
         self.unet_fwd = self.accel.prepare(c.unet) if self.world > 1 and "unet" in self.modules else c.unet
-        te_trained = "text_encoder" in self.modules
-        self.te_fwd = self.accel.prepare(c.text_encoder) if self.world > 1 and te_trained else c.text_encoder
-        self.te_training = te_trained
+        self.te_training = "text_encoder" in self.modules
+        self.te_fwd = self.accel.prepare(c.text_encoder) if self.world > 1 and self.te_training else c.text_encoder
         self.orders = {"instance": Order(len(self.plan.instance), cfg.seed, 1, cfg.random_flip)}
         if self.plan.classes is not None:
             self.orders["class"] = Order(len(self.plan.classes), cfg.seed, 2, cfg.random_flip)
@@ -372,8 +225,7 @@ class Trainer:
 
         cfg = self.cfg
         accum = cfg.gradient_accumulation
-        total = inst = 0.0
-        prior = None if self.plan.classes is None else 0.0
+        sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device, read once per step
         for micro in range(accum):
             gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, self.step, micro, self.rank))
             latents, captions = self.batch(micro, gen)
@@ -391,17 +243,34 @@ class Trainer:
                     pred, target, n_instance=cfg.batch_size, prior_weight=cfg.prior_loss_weight, weights=weights
                 )
             self.accel.backward(parts.total / accum)
-            total += float(parts.total.detach()) / accum
-            inst += parts.instance / accum
-            if prior is not None:
-                prior += parts.prior / accum
+            sums += torch.stack([parts.total.detach(), parts.instance, parts.prior_or_zero()]).float() / accum
+        norm = None
         if cfg.max_grad_norm:
             params = [p for g in self.groups for p in g["params"] if p.requires_grad]
-            self.accel.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm = self.accel.clip_grad_norm_(params, cfg.max_grad_norm)
+        total, inst, prior = self.check_finite(sums, norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, inst, prior
+        return total, inst, (prior if self.plan.classes is not None else None)
+
+    def check_finite(self, sums, norm) -> tuple[float, float, float]:
+        """The step's losses as numbers (the one device sync of a step); a non-finite loss, or gradient norm without
+        fp16 loss scaling (which skips such steps itself), stops the run before the optimizer applies it."""
+        import torch
+
+        values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
+        numbers = values.tolist()
+        bad_norm = norm is not None and self.accel.scaler is None and not math.isfinite(numbers[3])
+        if not all(math.isfinite(x) for x in numbers[:3]) or bad_norm:
+            what = "the gradient norm" if all(math.isfinite(x) for x in numbers[:3]) else "the loss"
+            raise TrainingDiverged(
+                f"{what} became {'NaN' if any(math.isnan(x) for x in numbers) else 'infinite'} at step "
+                f"{self.step + 1}: training diverged, so nothing was saved (resumable states written before stay). "
+                f"Lower learning_rate (now {self.cfg.learning_rate:g}), keep max_grad_norm on, or use "
+                "mixed_precision=fp32/bf16"
+            )
+        return numbers[0], numbers[1], numbers[2]
 
     def batch(self, micro: int, gen) -> tuple[Any, list[str]]:
         """Subject samples then class samples (the same count) for this step, micro-batch and process."""
@@ -410,18 +279,21 @@ class Trainer:
         cfg = self.cfg
         first = ((self.step * cfg.gradient_accumulation + micro) * self.world + self.rank) * cfg.batch_size
         latents, captions = [], []
-        sets = [("instance", self.plan.instance)] + ([("class", self.plan.classes)] if self.plan.classes else [])
-        for kind, image_set in sets:
+        for kind, image_set in self.image_sets():
             for k in range(first, first + cfg.batch_size):
                 index, flip = self.orders[kind](k)
                 example = image_set.examples[index]
-                latents.append(self.latents_of(kind, index, example, flip, gen))
+                latents.append(self.latents_of(kind, example, flip, gen))
                 captions.append(example.caption)
         return torch.cat(latents).to(self.device), captions
 
+    def image_sets(self) -> list[tuple[str, Any]]:
+        sets = [("instance", self.plan.instance)]
+        return sets + ([("class", self.plan.classes)] if self.plan.classes is not None else [])
+
     # -- VAE and text encoder ------------------------------------------------------------------------------------
 
-    def latents_of(self, kind: str, index: int, example, flip: bool, gen):
+    def latents_of(self, kind: str, example, flip: bool, gen):
         """Scaled latents of one image: a fresh sample of its (cached) VAE posterior."""
         import torch
 
@@ -465,22 +337,43 @@ class Trainer:
         return ids.input_ids.to(self.device)
 
     def cache(self) -> None:
-        """Encode every image (both orientations when flipping) once, before the first step."""
-        if not self.cfg.cache_latents:
-            return
-        jobs = []
-        sets = [("instance", self.plan.instance)] + ([("class", self.plan.classes)] if self.plan.classes else [])
-        for kind, image_set in sets:
-            for example in image_set.unique:
-                for flip in (False, True) if self.cfg.random_flip else (False,):
-                    jobs.append((kind, example, flip))
-        self.cb.on_status(f"caching {len(jobs)} VAE latents")
-        for i, (kind, example, flip) in enumerate(jobs):
-            if self.stop():
-                return
-            self.latent_cache[(kind, id(example), flip)] = self.encode_image(example, flip)
-            if i % 8 == 0 or i == len(jobs) - 1:
-                self.cb.on_progress(self.phase_info("caching"))
+        """Encode every image (both orientations when flipping) and, while the text encoder is frozen, every caption
+        once, before the first step; then the VAE (and the frozen text encoder) leave the training device."""
+        if self.cfg.cache_latents:
+            jobs = [
+                (kind, example, flip)
+                for kind, image_set in self.image_sets()
+                for example in image_set.unique
+                for flip in ((False, True) if self.cfg.random_flip else (False,))
+            ]
+            self.cb.on_status(f"caching {len(jobs)} VAE latents")
+            for i, (kind, example, flip) in enumerate(jobs):
+                if self.stop():
+                    return
+                self.latent_cache[(kind, id(example), flip)] = self.encode_image(example, flip)
+                if i % 8 == 0 or i == len(jobs) - 1:
+                    self.cb.on_progress(self.phase_info("caching"))
+            self.offload("vae")
+        if not self.te_training and self.cfg.cache_text_embeddings:
+            captions = {ex.caption for _, image_set in self.image_sets() for ex in image_set.unique}
+            self.encode_text(sorted(captions))
+            self.offload("text_encoder")
+
+    def offload(self, part: str) -> None:
+        """Move a frozen part off the training device (it comes back for samples)."""
+        getattr(self.c, part).to(OFFLOAD_DEVICE)
+        self.offloaded.add(part)
+
+    @contextlib.contextmanager
+    def parts_on_device(self):
+        """The offloaded parts back on the training device for a while (samples need the whole model)."""
+        for part in self.offloaded:
+            getattr(self.c, part).to(self.device)
+        try:
+            yield
+        finally:
+            for part in self.offloaded:
+                getattr(self.c, part).to(OFFLOAD_DEVICE)
 
     def update_text_encoder_phase(self) -> None:
         """Stop training the text encoder once ``text_encoder_steps`` are done (the TE group stops changing)."""
@@ -508,16 +401,14 @@ class Trainer:
 
     def report(self, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
         now = time.perf_counter()
-        done = self.step - self.first_step
-        rate = done / max(now - self.t_train, 1e-9)
-        lr = self.lr_scheduler.get_last_lr()[0]
+        rate = (self.step - self.first_step) / max(now - self.t_train, 1e-9)
         info = ProgressInfo(
             step=self.step,
             total=self.cfg.steps,
             phase="training",
             loss=loss,
             loss_smoothed=smoothed,
-            lr=lr,
+            lr=self.lr_scheduler.get_last_lr()[0],
             elapsed=now - self.t_start,
             eta=(self.cfg.steps - self.step) / rate if rate > 0 else None,
             it_s=rate,
@@ -531,9 +422,10 @@ class Trainer:
         if not prompts or not self.accel.is_main_process:
             return
         self.cb.on_progress(self.phase_info("sampling"))
-        self.samples = sample_images(
-            self.c, prompts, self.cfg, self.device, stop=self.stop, autocast=self.accel.autocast
-        )
+        for module in self.modules.values():
+            module.eval()
+        with self.parts_on_device():
+            self.samples = sample_images(self.c, prompts, self.cfg, stop=self.stop, autocast=self.accel.autocast)
         for module in self.modules.values():
             module.train()
         if not self.te_training:
@@ -544,14 +436,13 @@ class Trainer:
     # -- finishing -----------------------------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, str]:
-        cfg = self.cfg
         return {
             "likeness.kind": self.strategy.name,
             "likeness.version": __version__,
             "likeness.steps": str(self.step),
             "likeness.base_model_sha256": self.base_hash,
             "likeness.dataset_sha256": self.plan.dataset_hash,
-            "likeness.config": json.dumps(metadata_config(cfg), sort_keys=True, default=str),
+            "likeness.config": json.dumps(metadata_config(self.cfg), sort_keys=True, default=str),
         }
 
     def finish(self) -> TrainOutcome:
@@ -561,20 +452,17 @@ class Trainer:
         if self.accel.is_main_process:
             self.cb.on_progress(self.phase_info("saving"))
             self.cb.on_status(f"saving {self.plan.output}")
-            self.strategy.save_result(self.c, self.plan.output, meta, self.cfg)
-            path = self.plan.output
+            self.ctx.step = self.step
+            path = Path(self.strategy.save_result(self.c, self.plan.output, meta, self.cfg, self.ctx))
         if self.cfg.sample_at_end and not self.stop():
             self.make_samples()
         return self.outcome("finished", path, meta)
 
     def finish_stopped(self) -> TrainOutcome:
-        if self.cfg.save_state_on_stop and self.step > 0 and self.step > self._resumed_step():
+        if self.cfg.save_state_on_stop and self.step > 0 and self.step > self.resumed_at:
             self.save_state()
         self.cb.on_status(f"stopped at step {self.step} of {self.cfg.steps}")
         return self.outcome("stopped", None, self.metadata())
-
-    def _resumed_step(self) -> int:
-        return getattr(self, "resumed_at", 0)
 
     def outcome(self, state: str, path: Path | None, meta: dict[str, str]) -> TrainOutcome:
         return TrainOutcome(
@@ -616,87 +504,75 @@ class Trainer:
     # -- resumable states ----------------------------------------------------------------------------------------
 
     def save_state(self) -> Path | None:
-        """Write ``state_dir/step-NNNNNN/`` atomically (temp folder + rename), keep the last K."""
+        """Write ``state_dir/step-NNNNNN/`` (atomically), keep the last K. A failed save (a full disk, say) is reported
+        and training goes on: the states written before stay."""
         import torch
-        from safetensors.torch import save_file
 
         self.accel.wait_for_everyone()
         if not self.accel.is_main_process:
             return None
         self.cb.on_status(f"saving resumable state at step {self.step}")
         root = self.plan.state_dir
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{self.step:06d}"
-        tmp = root / f".step-{self.step:06d}.part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tensors = {
+            k: v.detach().to("cpu").contiguous() for k, v in self.strategy.state_dict_for_checkpoint(self.c).items()
+        }
+        extra = {
+            "optimizer": self.optimizer.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.accel.scaler is not None:
+            extra["scaler"] = self.accel.scaler.state_dict()
+        if torch.cuda.is_available():
+            extra["rng_cuda"] = torch.cuda.get_rng_state_all()
+        info = {
+            "likeness_version": __version__,
+            "kind": self.strategy.name,
+            "te_training": self.te_training,
+            "weights_hash": weights_hash(self.cfg),
+            "dataset_hash": self.plan.dataset_hash,
+            "losses": self.losses,
+            "losses_instance": self.losses_instance,
+            "losses_prior": self.losses_prior,
+            "config": metadata_config(self.cfg),
+        }
         try:
-            tensors = {
-                k: v.detach().to("cpu").contiguous() for k, v in self.strategy.state_dict_for_checkpoint(self.c).items()
-            }
-            save_file(tensors, str(tmp / "trainable.safetensors"))
-            extra = {
-                "optimizer": self.optimizer.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-            }
-            if self.accel.scaler is not None:
-                extra["scaler"] = self.accel.scaler.state_dict()
-            if torch.cuda.is_available():
-                extra["rng_cuda"] = torch.cuda.get_rng_state_all()
-            torch.save(extra, tmp / "optimizer.pt")
-            info = {
-                "version": STATE_VERSION,
-                "likeness_version": __version__,
-                "kind": self.strategy.name,
-                "step": self.step,
-                "te_training": self.te_training,
-                "weights_hash": weights_hash(self.cfg),
-                "dataset_hash": self.plan.dataset_hash,
-                "losses": self.losses,
-                "losses_instance": self.losses_instance,
-                "losses_prior": self.losses_prior,
-                "config": metadata_config(self.cfg),
-            }
-            (tmp / "state.json").write_text(json.dumps(info, indent=1, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in list_states(root)[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            final = write_state(root, self.step, tensors, extra, info)
+        except OSError as e:
+            clean_partials(root)
+            self.cb.on_status(
+                f"could not save a resumable state at step {self.step} in {root} ({e.strerror or e}); "
+                "training goes on, the earlier states are kept"
+            )
+            log.warning("resumable state at step %d not saved in %s: %s", self.step, root, e)
+            return None
+        prune_states(root, self.cfg.keep_checkpoints)
         self.last_state = final
         return final
 
     def load_state(self, path: Path) -> None:
         import torch
-        from safetensors.torch import load_file
 
-        info = json.loads((path / "state.json").read_text())
-        if info.get("kind") != self.strategy.name:
-            raise ConfigError(f"resume_from: {path} is a {info.get('kind')} state, not {self.strategy.name}")
-        if info.get("weights_hash") != weights_hash(self.cfg):
-            raise ConfigError(
-                f"resume_from: {path} was trained with other options (learning rate, data, model...); "
-                "only steps, checkpoint and output options may change when resuming"
-            )
-        if info.get("dataset_hash") != self.plan.dataset_hash:
-            raise ConfigError(f"resume_from: {path} was trained on other images; resume with the same folders")
-        if info["step"] > self.cfg.steps:
-            raise ConfigError(f"resume_from: {path} is at step {info['step']}, beyond steps={self.cfg.steps}")
-        self.strategy.load_state_dict_for_resume(self.c, load_file(str(path / "trainable.safetensors")))
-        extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        self.step = self.resumed_at = int(info["step"])
+        info = read_info(path)
+        check_compatible(
+            info,
+            path,
+            kind=self.strategy.name,
+            weights=weights_hash(self.cfg),
+            dataset=self.plan.dataset_hash,
+            steps=self.cfg.steps,
+        )
+        saved = read_state(path, info)
+        self.strategy.load_state_dict_for_resume(self.c, saved.tensors)
+        self.step = self.resumed_at = saved.step
         self.update_text_encoder_phase()
-        self.optimizer.optimizer.load_state_dict(extra["optimizer"])
-        self.lr_scheduler.load_state_dict(extra["lr_scheduler"])
-        if "scaler" in extra and self.accel.scaler is not None:
-            self.accel.scaler.load_state_dict(extra["scaler"])
-        torch.set_rng_state(extra["rng_cpu"])
-        if "rng_cuda" in extra and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["rng_cuda"])
+        self.optimizer.optimizer.load_state_dict(saved.extra["optimizer"])
+        self.lr_scheduler.load_state_dict(saved.extra["lr_scheduler"])
+        if "scaler" in saved.extra and self.accel.scaler is not None:
+            self.accel.scaler.load_state_dict(saved.extra["scaler"])
+        torch.set_rng_state(saved.extra["rng_cpu"])
+        if "rng_cuda" in saved.extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved.extra["rng_cuda"])
         self.losses = list(info.get("losses", []))
         self.losses_instance = list(info.get("losses_instance", []))
         self.losses_prior = list(info.get("losses_prior", []))
@@ -736,47 +612,34 @@ def _te_checkpointing(text_encoder, on: bool) -> None:
     getattr(text_encoder, f"{name}_{'enable' if on else 'disable'}")()
 
 
-def _make_optimizer(cfg, groups, device_type):
-    from .optim import make_optimizer
-
-    return make_optimizer(cfg, groups, device_type)
-
-
 def sample_prompts(cfg) -> list[str]:
     return list(cfg.sample_prompts) or [cfg.instance_prompt]
 
 
-def sample_images(components, prompts: list[str], cfg, device, *, stop=None, autocast=None) -> list:
-    """One image per prompt from the current weights: DDIM, fixed seed, no safety checker. Returns PIL images."""
-    import torch
-    from diffusers import DDIMScheduler
+def sample_images(components, prompts: list[str], cfg, *, stop=None, autocast=None) -> list:
+    """One image per prompt from the current weights: DDIM, a fixed seed per prompt, no safety checker (PIL)."""
+    from ..sampling import Abandoned, encode_prompt, make_pipeline, render
 
-    from ..model_io import make_pipeline
-
-    c = components
-    scheduler = DDIMScheduler.from_config(
-        c.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-    )
-    pipe = make_pipeline(c, scheduler)
-    factor = 2 ** (len(c.vae.config.block_out_channels) - 1)  # 8 for SD's VAE
-    images = []
+    pipe = make_pipeline(components, "ddim")
+    images: list = []
     for i, prompt in enumerate(prompts):
         if stop is not None and stop():
             break
-        gen = torch.Generator().manual_seed(mix_seed(cfg.sample_seed, i))
-        side = cfg.resolution // factor
-        latents = torch.randn((1, c.unet.config.in_channels, side, side), generator=gen).to(device)
-        with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
-            out = pipe(
-                prompt,
-                height=cfg.resolution,
-                width=cfg.resolution,
-                num_inference_steps=cfg.sample_steps,
-                guidance_scale=cfg.sample_guidance,
-                latents=latents,
-                output_type="pil",
-            )
-        images.append(out.images[0])
+        with autocast() if autocast else contextlib.nullcontext():
+            embeds = encode_prompt(pipe, prompt, "", cfg.sample_guidance)
+            try:
+                images += render(
+                    pipe,
+                    embeds,
+                    [mix_seed(cfg.sample_seed, i)],
+                    height=cfg.resolution,
+                    width=cfg.resolution,
+                    steps=cfg.sample_steps,
+                    guidance=cfg.sample_guidance,
+                    stop=stop,
+                )
+            except Abandoned:
+                break
     return images
 
 
@@ -784,7 +647,3 @@ def loss_quarters(losses: list[float]) -> tuple[float, float]:
     """Mean of the first and the last quarter of a loss curve (a trend check that tolerates noise)."""
     q = max(1, len(losses) // 4)
     return sum(losses[:q]) / q, sum(losses[-q:]) / q
-
-
-def nan_safe(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else x

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 @dataclass
 class LossParts:
     total: torch.Tensor  # what backward() sees
-    instance: float  # subject-image loss (unweighted by the prior weight)
-    prior: float | None  # class-image loss, None without prior preservation
+    instance: torch.Tensor  # subject-image loss (unweighted by the prior weight), detached
+    prior: torch.Tensor | None  # class-image loss (detached), None without prior preservation
+
+    def prior_or_zero(self) -> torch.Tensor:
+        return self.prior if self.prior is not None else self.instance.new_zeros(())
 
 
 def draw_noise(latents: torch.Tensor, num_timesteps: int, generator: torch.Generator, noise_offset: float = 0.0):
@@ -83,6 +86,6 @@ def diffusion_loss(
         per_sample = per_sample * weights
     inst = per_sample[:n_instance].mean()
     if per_sample.shape[0] == n_instance:
-        return LossParts(total=inst, instance=float(inst.detach()), prior=None)
+        return LossParts(total=inst, instance=inst.detach(), prior=None)
     prior = per_sample[n_instance:].mean()
-    return LossParts(total=inst + prior_weight * prior, instance=float(inst.detach()), prior=float(prior.detach()))
+    return LossParts(total=inst + prior_weight * prior, instance=inst.detach(), prior=prior.detach())

@@ -3,7 +3,10 @@
 The loop (:mod:`.loop`) knows nothing about DreamBooth or LoRA. It asks the config for a strategy
 (``config.make_strategy()``) and calls, in this order:
 
-1. ``prepare(components, config) -> list[ParamGroup]`` — once, before the optimizer exists. Freeze what must not
+Every call that needs to know about the run gets a :class:`RunContext` (device, precisions, the plan, start time):
+a method is told these, it never works them out (one set of device/precision rules lives in :mod:`..devices`).
+
+1. ``prepare(components, config, ctx) -> list[ParamGroup]`` — once, before the optimizer exists. Freeze what must not
    train (``requires_grad_(False)``), add adapters if any, and return the optimizer's parameter groups. Each group is
    a dict with ``params`` (a list of tensors), ``lr`` and ``name``: ``"unet"`` or ``"text_encoder"``. The loop
    stops the ``"text_encoder"`` group after ``text_encoder_steps`` by setting ``requires_grad_(False)`` on its
@@ -14,7 +17,7 @@ The loop (:mod:`.loop`) knows nothing about DreamBooth or LoRA. It asks the conf
 3. ``state_dict_for_checkpoint(components) -> dict[str, Tensor]`` / ``load_state_dict_for_resume(components,
    state)`` — the trained tensors only, written to a resumable state (``trainable.safetensors``) and read back in
    fp32, bitwise.
-4. ``save_result(components, path, metadata, config) -> Path`` — write the finished model atomically (never a
+4. ``save_result(components, path, metadata, config, ctx) -> Path`` — write the finished model atomically (never a
    partial file), refusing to replace an existing file unless ``config.overwrite``. ``metadata`` is a
    ``dict[str, str]`` for the safetensors header (config, hashes, steps, version).
 
@@ -25,15 +28,31 @@ The loop (:mod:`.loop`) knows nothing about DreamBooth or LoRA. It asks the conf
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
+    from ..devices import Placement
+    from .plan import Plan
+
 log = logging.getLogger(__name__)
 
 ParamGroup = dict[str, Any]  # {"name": "unet" | "text_encoder", "params": [...], "lr": float}
+
+
+@dataclass
+class RunContext:
+    """What the loop tells a training method about the run."""
+
+    device: Any  # the torch.device training runs on
+    placement: Placement  # device type and compute precision; ``placement.frozen_dtype`` for frozen weights
+    optimizer: str  # the optimizer actually used ("adamw" | "adamw8bit")
+    plan: Plan  # the run's checked config, images, output and identities
+    started_at: float  # wall-clock time.time() when the run started
+    step: int = 0  # optimizer steps done (set before save_result)
 
 
 @runtime_checkable
@@ -42,7 +61,7 @@ class Strategy(Protocol):
 
     name: str
 
-    def prepare(self, components, config) -> list[ParamGroup]: ...
+    def prepare(self, components, config, ctx: RunContext) -> list[ParamGroup]: ...
 
     def trainable_modules(self, components) -> dict[str, torch.nn.Module]: ...
 
@@ -50,7 +69,7 @@ class Strategy(Protocol):
 
     def load_state_dict_for_resume(self, components, state: dict[str, torch.Tensor]) -> None: ...
 
-    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path: ...
+    def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path: ...
 
 
 def text_encoder_lr(config) -> float:
@@ -66,7 +85,7 @@ class FullFineTune:
     def __init__(self) -> None:
         self.train_text_encoder = False
 
-    def prepare(self, components, config) -> list[ParamGroup]:
+    def prepare(self, components, config, ctx: RunContext) -> list[ParamGroup]:
         self.train_text_encoder = bool(config.train_text_encoder)
         components.vae.requires_grad_(False)
         components.unet.requires_grad_(True)
@@ -100,7 +119,7 @@ class FullFineTune:
         elif te:
             raise ValueError("the resumable state holds text-encoder weights but train_text_encoder is off")
 
-    def save_result(self, components, path: Path, metadata: dict[str, str], config) -> Path:
+    def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path:
         from ..model_io import save_single_file
         from ..model_io.export import save_diffusers_folder
 

@@ -1,0 +1,79 @@
+"""Where work runs and in which precision: one set of rules for training, LoRA and class images.
+
+- device ``auto`` is CUDA when a GPU is there, else the CPU;
+- precision ``auto`` is bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU; fp16 on the CPU is refused
+  (PyTorch has no fast half kernels there), bf16 on the CPU is allowed for compute (autocast);
+- frozen weights (a LoRA's base model, the VAE and a frozen text encoder, a model that only generates) are kept in the
+  compute precision on a GPU and in fp32 on the CPU.
+
+Torch is imported inside the functions, so front ends can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_device(name: Any = "auto") -> str:
+    """``auto`` / ``cpu`` / ``cuda`` (or a ``torch.device``) -> ``"cpu"`` or ``"cuda"``."""
+    import torch
+
+    kind = getattr(name, "type", None) or str(name or "auto")
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("option 'device' is cuda but no CUDA GPU is available; use device=auto or cpu")
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"option 'device' is {kind!r}; choose one of: {', '.join(DEVICES)}")
+    return kind
+
+
+def resolve_precision(name: str, device_type: str) -> str:
+    """The compute precision (``fp32`` / ``fp16`` / ``bf16``) for ``name`` on ``device_type``."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision {name!r} is not one of: {', '.join(PRECISIONS)}")
+    if name != "auto":
+        if device_type == "cpu" and name == "fp16":
+            raise ConfigError("precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16")
+        return name
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def frozen_dtype(precision: str, device_type: str):
+    """The dtype of weights that do not train: the compute precision on a GPU, fp32 on the CPU."""
+    import torch
+
+    return torch.float32 if device_type == "cpu" else torch_dtype(precision)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Device and precisions of one run (what a training method or a generator is told, never decides)."""
+
+    device_type: str  # "cpu" | "cuda"
+    precision: str  # compute precision: "fp32" | "fp16" | "bf16"
+
+    @property
+    def frozen_dtype(self):
+        return frozen_dtype(self.precision, self.device_type)
+
+
+def placement(device: Any = "auto", precision: str = "auto") -> Placement:
+    device_type = resolve_device(device)
+    return Placement(device_type, resolve_precision(precision, device_type))

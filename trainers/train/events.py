@@ -1,0 +1,61 @@
+"""What a front end sees of a training run: progress reports, the callbacks it implements, the outcome.
+
+The engine never prints and never imports a front end. It calls :class:`Callbacks` (progress, samples, status) and
+polls a ``stop()`` callable every step; the ComfyUI nodes turn these into a progress bar and ``likeness.*`` browser
+events, the CLI into a terminal bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ProgressInfo:
+    """One progress report (also the payload of the ``likeness.progress`` browser event)."""
+
+    step: int
+    total: int
+    phase: str  # caching | training | sampling | saving
+    loss: float | None = None
+    loss_smoothed: float | None = None
+    lr: float | None = None
+    elapsed: float = 0.0
+    eta: float | None = None
+    it_s: float | None = None
+    loss_instance: float | None = None
+    loss_prior: float | None = None
+
+    def as_event(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Callbacks:
+    """What a front end hears during training. Subclass and override what you need (all no-ops here)."""
+
+    def on_progress(self, info: ProgressInfo) -> None:
+        pass
+
+    def on_sample(self, step: int, images: list, prompts: list[str]) -> None:
+        pass
+
+    def on_status(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class TrainOutcome:
+    state: str  # "finished" | "stopped"
+    steps_done: int
+    total_steps: int
+    path: Path | None  # the saved result (None when stopped)
+    state_path: Path | None  # the last resumable state written (if any)
+    losses: list[float] = field(default_factory=list)  # one per optimizer step, from step 1 (resumed runs included)
+    losses_instance: list[float] = field(default_factory=list)
+    losses_prior: list[float] = field(default_factory=list)
+    samples: list = field(default_factory=list)  # last sample images (PIL)
+    sample_prompts: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0
