@@ -296,9 +296,8 @@ def test_bad_data_fails_before_any_model_is_touched(data, tmp_path):
 
 
 def test_only_adapters_get_gradients(data, tmp_path):
-    from trainers.lora.strategy import LoRATrain
-
     from trainers.devices import placement
+    from trainers.lora.strategy import LoRATrain
     from trainers.train.plan import plan
     from trainers.train.strategy import RunContext
 
