@@ -1,4 +1,4 @@
-"""Training nodes: Likeness DreamBooth Train and Likeness Training Options (LoRA Train subclasses the first).
+"""Likeness DreamBooth Train (LoRA Train subclasses it; its advanced options come from ``options.py``).
 
 The node turns its ComfyUI inputs into a config, hands it to ``trainers.train.session.Session`` — which owns the
 run: content key, reuse, output name, resumable states — and turns the result into ComfyUI outputs. What is here is
@@ -17,12 +17,12 @@ from ..trainers.fsutil import safe_name
 from ..trainers.handles import DatasetHandle, ModelHandle, TrainedResult
 from ..trainers.train.config import DEFAULT_INSTANCE_PROMPT, DreamBoothConfig, TrainConfig
 from . import bridge
-from .inputs import changed_options, comfy_inputs, legacy_inputs, options_from_inputs
+from .inputs import comfy_inputs, legacy_inputs, options_from_inputs
 from .monitor import TrainingMonitor
+from .options import OPTIONS_TYPE
 
 log = logging.getLogger(__name__)
 
-OPTIONS_TYPE = "LIKENESS_TRAIN_OPTIONS"
 SEED_INPUT = "train_seed"  # the option "seed"; an input named "seed" gets the page's randomize control
 LEGACY_INPUTS = {"seed": SEED_INPUT}  # inputs of saved API prompts from before the rename
 
@@ -41,32 +41,6 @@ def dataset_source(handle: DatasetHandle | None, folder: str, what: str) -> tupl
 
 # ---------------------------------------------------------------------------------------------------------------
 # nodes
-
-
-class LikenessTrainingOptions:
-    DESCRIPTION = (
-        "Advanced training options (optimizer, schedule, precision, memory savers, samples, checkpoints). Connect to "
-        "the 'options' input of a Likeness training node. Only the options you change here are sent: the others "
-        "keep the training node's own defaults (LoRA and DreamBooth differ, e.g. in the text encoder's learning "
-        "rate)."
-    )
-    CATEGORY = "Likeness/training"
-    FUNCTION = "build"
-    RETURN_TYPES = (OPTIONS_TYPE,)
-    RETURN_NAMES = ("options",)
-    OUTPUT_TOOLTIPS = ("The options you changed, for a Likeness training node.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        # optional: a prompt saved before an option was added still validates (the option keeps its default)
-        return {"required": {}, "optional": comfy_inputs(TrainConfig, advanced=True)}
-
-    def build(self, **values):
-        changed = changed_options(TrainConfig, values)
-        # check the options alone: fill in what the training node provides
-        probe = dict(changed, prior_preservation=False, instance_data=".", output="x.safetensors")
-        configspec.from_dict(TrainConfig, probe, source="Likeness Training Options")
-        return (changed,)
 
 
 class LikenessDreamBoothTrain:
@@ -235,11 +209,5 @@ class LikenessDreamBoothTrain:
         return {"ui": {"images": files} if files else {}, "result": (trained, curve, images)}
 
 
-NODE_CLASS_MAPPINGS = {
-    "LikenessDreamBoothTrain": LikenessDreamBoothTrain,
-    "LikenessTrainingOptions": LikenessTrainingOptions,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LikenessDreamBoothTrain": "Likeness DreamBooth Train",
-    "LikenessTrainingOptions": "Likeness Training Options",
-}
+NODE_CLASS_MAPPINGS = {"LikenessDreamBoothTrain": LikenessDreamBoothTrain}
+NODE_DISPLAY_NAME_MAPPINGS = {"LikenessDreamBoothTrain": "Likeness DreamBooth Train"}

@@ -334,7 +334,7 @@ def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int
     options = dict(
         sample_steps=2, sample_guidance=1.0, sample_at_end=False, save_state_on_stop=False, gradient_checkpointing=False
     )
-    known = host.object_info("LikenessTrainingOptions")["input"]["required"]
+    known = host.object_info("LikenessTrainingOptions")["input"]["optional"]
     options = {k: v for k, v in options.items() if k in known}
     train = host.defaults("LikenessDreamBoothTrain")
     train.update(
@@ -349,7 +349,7 @@ def training_prompt(host, *, steps: int, sample_every: int, name: str, seed: int
         batch_size=1,
         learning_rate=1e-5,
         train_text_encoder=False,
-        seed=seed,
+        train_seed=seed,
         force_retrain=True,
     )
     return {

@@ -54,7 +54,7 @@ def test_nodes_are_registered_with_tooltips(setup):
     for section in ("required", "optional"):
         for name, spec in info["input"][section].items():
             assert spec[1].get("tooltip"), f"{name} has no tooltip"
-    opts = setup.object_info("LikenessTrainingOptions")["input"]["required"]
+    opts = setup.object_info("LikenessTrainingOptions")["input"]["optional"]  # all optional: old prompts validate
     assert {"optimizer", "lr_scheduler", "mixed_precision", "checkpoint_every"} <= set(opts)
 
 
@@ -109,6 +109,34 @@ def test_train_sample_reuse_and_cli_identity(setup, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same_checkpoint(out, trained)
+    # the CLI asked to write into the node's folder finds the node's result there (one session rule for both)
+    shared = host.checkpoints_dir / "likeness" / "db_from_cli.safetensors"
+    args[-1] = f"output={shared}"
+    reuse = subprocess.run(
+        [sys.executable, "-m", "trainers", "dreambooth", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert reuse.returncode == 0, reuse.stderr[-3000:]
+    assert f"reused {trained}" in reuse.stdout and not shared.exists()
+    assert "step 1/" not in reuse.stderr  # nothing trained
+
+
+def test_fresh_node_from_object_info_defaults_trains_once(setup):
+    """A DreamBooth node exactly as the menu creates it (the /object_info defaults, no example workflow): queued
+    twice (under other node ids, so the host's cache does not answer), it trains once."""
+    host = setup
+    info = host.object_info(NODE)["input"]
+    assert "seed" not in info["required"] and "seed" not in info["optional"]  # no "randomize after queue" widget
+    train = host.defaults(NODE)
+    train.update(model=["1", 3], output_name="db_fresh", instance_folder="db_subject", steps=2, resolution=RES)
+    graph = {"1": {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
+             "2": {"class_type": NODE, "inputs": train}}  # fmt: skip
+    first = host.run(graph, timeout=900).check()
+    assert _ours(first, "start", "2")
+    again = host.run({"11": graph["1"], "12": {**graph["2"], "inputs": {**train, "model": ["11", 3]}}}, timeout=300)
+    again.check()
+    assert not _ours(again, "start", "12") and not _ours(again, "progress", "12")
+    assert [p.name for p in _results(host) if p.name.startswith("db_fresh")] == ["db_fresh.safetensors"]
 
 
 def _assert_same_checkpoint(a: Path, b: Path) -> None:
@@ -131,7 +159,7 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
 def test_interrupt_stops_within_two_steps_and_leaves_no_model(setup):
     host = setup
     before = _results(host)
-    graph = _train_graph(host, output_name="db_cancel", steps=400, seed=5)
+    graph = _train_graph(host, output_name="db_cancel", steps=400, train_seed=5)
     since = len(host.ws_messages)  # only this prompt's progress counts
     prompt_id = host.submit(graph)
     msg = host.wait_for_message(

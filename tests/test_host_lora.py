@@ -184,10 +184,34 @@ def test_train_then_core_lora_loader(setup, tmp_path):
     assert _loras(host) == [lora]
 
 
+def test_untouched_options_node_keeps_the_lora_defaults_and_old_seed_input_works(setup):
+    """A LoRA node and a Training Options node as created from /object_info, the options left alone: the LoRA keeps
+    its own text-encoder learning rate (5e-5, not DreamBooth's "same as learning_rate"). The prompt uses the input
+    name of saved prompts from before the rename ("seed"), which still sets the seed."""
+    host = setup
+    lora = host.defaults(NODE)
+    del lora["train_seed"]
+    lora.update(model=["1", 3], options=["9", 0], output_name="lora_defaults", instance_folder="lora_subject",
+                steps=2, resolution=RES, seed=3)  # fmt: skip
+    graph = {
+        "1": {"class_type": "LikenessLoadCheckpoint", "inputs": {"ckpt_name": BASE}},
+        "2": {"class_type": NODE, "inputs": lora},
+        "9": {"class_type": "LikenessTrainingOptions", "inputs": host.defaults("LikenessTrainingOptions")},
+    }
+    host.run(graph, timeout=900).check()
+    (path,) = [p for p in _loras(host) if p.name == "lora_defaults.safetensors"]
+    from trainers.lora import kohya
+
+    meta = kohya.read_kohya(path).metadata
+    config = json.loads(meta["likeness.config"])
+    assert config["text_encoder_lr"] == 5e-05 and float(meta["ss_text_encoder_lr"]) == 5e-05
+    assert config["learning_rate"] == 1e-4 and config["seed"] == 3
+
+
 def test_cancel_then_resume(setup):
     host = setup
     graph = _train_graph(
-        host, output_name="lora_cancel", steps=12, seed=5, train_text_encoder=False, lora_layers="attention"
+        host, output_name="lora_cancel", steps=12, train_seed=5, train_text_encoder=False, lora_layers="attention"
     )
     since = len(host.ws_messages)  # only this prompt's progress counts (earlier tests trained too)
     prompt_id = host.submit(graph)

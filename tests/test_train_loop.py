@@ -169,3 +169,69 @@ def test_save_diffusers_writes_a_loadable_folder_of_the_trained_weights(tiny_com
         assert saved.keys() == trained.keys()
         assert all(saved[k].dtype == torch.float32 and saved[k].equal(trained[k]) for k in saved), name
     assert pipe.tokenizer("a photo of sks shape").input_ids == comps.tokenizer("a photo of sks shape").input_ids
+
+
+def test_vae_and_frozen_text_encoder_leave_the_device_after_caching(tiny_components, tmp_path):
+    """After the caches are built the VAE (and the frozen text encoder) are moved off the training device; they come
+    back for samples only. On a CPU machine both are the CPU, so the moves are recorded where they happen."""
+    c = fresh(tiny_components)
+    moves: list[tuple[str, str, str]] = []
+    phase = {"now": "setup"}
+
+    def recording(name, module):
+        original = module.to
+
+        def to(*args, **kwargs):
+            moves.append((phase["now"], name, str(args[0] if args else kwargs.get("device"))))
+            return original(*args, **kwargs)
+
+        module.to = to
+
+    recording("vae", c.vae)
+    recording("text_encoder", c.text_encoder)
+    vae_calls: list[tuple[str, str]] = []
+    for op in ("encode", "decode"):
+        original = getattr(c.vae, op)
+        setattr(c.vae, op, lambda *a, _op=op, _f=original, **k: (vae_calls.append((phase["now"], _op)), _f(*a, **k))[1])
+
+    class Phases(Callbacks):
+        def on_progress(self, info):
+            phase["now"] = info.phase
+
+    cfg = tiny_config(tmp_path, steps=4, train_text_encoder=False, sample_every=2, sample_steps=2)
+    out = train(cfg, components=c, callbacks=Phases())
+    assert out.state == "finished"
+    training = [m for m in moves if m[0] in ("caching", "training")]
+    assert ("caching", "vae", "cpu") in training and ("caching", "text_encoder", "cpu") in training
+    # the VAE encodes while caching and decodes samples only: never during a training step
+    assert {p for p, _ in vae_calls} <= {"setup", "caching", "sampling"}
+    assert ("caching", "encode") in vae_calls and ("sampling", "decode") in vae_calls
+    # samples bring both back to the training device and send them off again
+    sampling = [m[1:] for m in moves if m[0] == "sampling"]
+    assert sampling.count(("vae", "cpu")) >= 2 and sampling.count(("text_encoder", "cpu")) >= 2
+
+
+def test_a_state_of_another_format_version_is_refused(tiny_components, tmp_path):
+    import json
+
+    from trainers.errors import ConfigError
+
+    class StopAt2(Callbacks):
+        def __init__(self):
+            self.steps = 0
+
+        def on_progress(self, info):
+            if info.phase == "training":
+                self.steps = info.step
+
+    rec = StopAt2()
+    cfg = tiny_config(tmp_path, steps=6)
+    stopped = train(cfg, components=fresh(tiny_components), callbacks=rec, stop=lambda: rec.steps >= 2)
+    state = stopped.state_path
+    info = json.loads((state / "state.json").read_text())
+    info["version"] = 99
+    (state / "state.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(tmp_path, steps=6, resume_from="latest"), components=fresh(tiny_components))
+    message = str(e.value)
+    assert str(state) in message and "format version 99" in message and "reads version 1" in message

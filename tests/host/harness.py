@@ -69,6 +69,9 @@ _STATE_ENTRIES = {"models", "custom_nodes", "input", "output", "temp", "user", "
 MODEL_KINDS = ("checkpoints", "loras", "vae", "clip_vision", "embeddings", "clip", "unet", "controlnet")
 
 
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
 class HostSetupError(RuntimeError):
     """The host could not be prepared or started; the message says what failed and where its log is."""
 
@@ -748,12 +751,16 @@ class ComfyHost:
         return info[node_class]
 
     def defaults(self, node_class: str) -> dict[str, Any]:
-        """Every required input of a node at its default (what a fresh node on the canvas holds; a combo without a
-        default takes its first choice)."""
+        """What a fresh node on the canvas sends: every required input and every optional widget at its default (a
+        combo without a default takes its first choice); optional inputs that take a link are left out."""
         out = {}
-        for name, spec in self.object_info(node_class)["input"]["required"].items():
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-            out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
+        inputs = self.object_info(node_class)["input"]
+        for section in ("required", "optional"):
+            for name, spec in (inputs.get(section) or {}).items():
+                kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+                if section == "optional" and not (isinstance(kind, list) or kind in WIDGET_KINDS):
+                    continue
+                out[name] = kind[0] if isinstance(kind, list) and "default" not in opts else opts.get("default")
         return out
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:

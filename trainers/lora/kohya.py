@@ -172,12 +172,9 @@ def training_metadata(facts: TrainingFacts) -> dict[str, str]:
     """The kohya-style ``ss_*`` header (plus a few ``modelspec.*`` keys) for a LoRA file, all strings."""
     import uuid
 
-    network_args: dict[str, str] = {}
-    if facts.layers == "all":
-        network_args.update(conv_dim=str(facts.rank), conv_alpha=_s(facts.alpha))
-    if facts.dropout:
-        network_args["dropout"] = _s(facts.dropout)
     md = {
+        **_network_metadata(facts),
+        **_training_metadata(facts),
         "ss_session_id": str(uuid.uuid4().int % 2**31),
         "ss_training_started_at": _s(facts.started_at),
         "ss_training_finished_at": _s(facts.finished_at),
@@ -188,6 +185,27 @@ def training_metadata(facts: TrainingFacts) -> dict[str, str]:
         "ss_vae_name": facts.vae_name or "None",
         "ss_base_model_version": "sd_v1",
         "ss_v2": "False",
+        "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
+        "ss_tag_frequency": json.dumps(facts.tag_frequency),
+        "ss_training_comment": facts.training_comment or "None",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": facts.output_name,
+        "modelspec.resolution": f"{facts.resolution}x{facts.resolution}",
+        "modelspec.prediction_type": "epsilon",
+    }
+    md.update({k: _s(v) for k, v in facts.extra.items()})
+    return md
+
+
+def _network_metadata(facts: TrainingFacts) -> dict[str, str]:
+    network_args: dict[str, str] = {}
+    if facts.layers == "all":
+        network_args.update(conv_dim=str(facts.rank), conv_alpha=_s(facts.alpha))
+    if facts.dropout:
+        network_args["dropout"] = _s(facts.dropout)
+    return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": _s(facts.rank),
         "ss_network_alpha": _s(facts.alpha),
@@ -195,6 +213,11 @@ def training_metadata(facts: TrainingFacts) -> dict[str, str]:
         "ss_network_args": json.dumps(network_args) if network_args else "None",
         "ss_network_train_unet_only": _s(not facts.train_text_encoder),
         "ss_network_train_text_encoder_only": "False",
+    }
+
+
+def _training_metadata(facts: TrainingFacts) -> dict[str, str]:
+    return {
         "ss_steps": _s(facts.steps),
         "ss_max_train_steps": _s(facts.max_steps or facts.steps),
         "ss_epoch": _s(facts.epochs),
@@ -220,18 +243,7 @@ def training_metadata(facts: TrainingFacts) -> dict[str, str]:
         "ss_max_grad_norm": _s(facts.max_grad_norm),
         "ss_clip_skip": _s(facts.clip_skip),
         "ss_cache_latents": _s(facts.cache_latents),
-        "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
-        "ss_tag_frequency": json.dumps(facts.tag_frequency),
-        "ss_training_comment": facts.training_comment or "None",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
-        "modelspec.title": facts.output_name,
-        "modelspec.resolution": f"{facts.resolution}x{facts.resolution}",
-        "modelspec.prediction_type": "epsilon",
     }
-    md.update({k: _s(v) for k, v in facts.extra.items()})
-    return md
 
 
 # ---------------------------------------------------------------------------------------------------------------
