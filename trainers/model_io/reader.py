@@ -1,4 +1,5 @@
-"""Read an SD1.x single-file checkpoint safely into one LDM-layout state dict.
+"""Read an SD1.x checkpoint (a single file, or a diffusers folder via ``diffusers_folder``) safely into one
+LDM-layout state dict.
 
 ``.safetensors`` files are memory-mapped and only the tensors that are used are read. Pickle-based files
 (``.ckpt/.pt/.pth/.bin``) go through ``torch.load(weights_only=True)`` only, so a malicious pickle cannot run code.
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .convert import TEXT_MODEL, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .convert import TEXT_MODEL, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_vae_to_ldm, unet_table
+from .detect import detect_architecture, state_dict_dtype
+from .diffusers_folder import folder_sources, read_folder
+from .model_configs import build_unet, bundled_config
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +294,6 @@ def _choose_ema(sd: dict[str, Any], ema: str, path: Path) -> tuple[dict[str, Any
 @functools.lru_cache(maxsize=1)
 def _sd15_dotless_names() -> dict[str, str]:
     """{dotless EMA name: 'model.diffusion_model.*' key} for SD1.5's UNet."""
-    from .components import build_unet, bundled_config
-    from .convert import unet_table
-
     cfg = bundled_config("unet")
     table = unet_table(cfg, build_unet(cfg).state_dict().keys())
     return {_ema_name_candidates(k)[0]: k for k in table.ldm_keys()}
@@ -326,8 +327,6 @@ def read_vae_file(path: Path) -> dict[str, Any]:
         vae = {VAE_PREFIX + k: v for k, v in raw.items() if k.startswith(("encoder.", "decoder.", "quant_conv."))}
         vae.update({VAE_PREFIX + k: v for k, v in raw.items() if k.startswith("post_quant_conv.")})
     elif any(k.startswith("encoder.down_blocks.") for k in raw):
-        from .components import diffusers_vae_to_ldm
-
         vae = diffusers_vae_to_ldm({k: materialize(v) for k, v in raw.items()}, path)
     else:
         raise CheckpointError(f"VAE file {path} holds no VAE weights (no encoder/decoder keys); pick a VAE file")
@@ -352,19 +351,13 @@ def read_checkpoint(
     "non_ema". ``vae_path`` replaces (or supplies) the VAE, ``base_path`` supplies whatever the file lacks (a
     UNet-only file). A diffusers folder is accepted too. ``info`` reports variant, ema_used, dtype and sources.
     """
-    from .detect import detect_architecture, state_dict_dtype
-
     if ema not in EMA_CHOICES:
         raise CheckpointError(f"ema={ema!r} is not one of {', '.join(EMA_CHOICES)}")
     p = Path(path)
     if p.is_dir():
-        from .components import components_to_ldm, load_components
-
-        comps = load_components(p, tokenizer=False)
-        sd = components_to_ldm(comps)
-        info = dict(comps.info)
+        sd, info = read_folder(p)
         parts = _split(sd)
-        sources = {"unet": str(p), "vae": str(p), "text_encoder": str(p)}
+        sources = folder_sources(p)
         metadata: dict[str, str] = {}
         fmt = "diffusers"
         ema_used, ema_present = False, False
