@@ -38,7 +38,8 @@ def build(model: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from trainers.model_io.components import Components, bundled_config, make_noise_scheduler
+    from trainers.model_io.components import Components, make_noise_scheduler
+    from trainers.model_io.model_configs import bundled_config
     from trainers.tiny import tiny_tokenizer
 
     unet = UNet2DConditionModel.from_config(bundled_config("unet"))

@@ -35,14 +35,8 @@ def _rss_gb() -> float:
 def _random_sd15(seed: int = 0):
     import torch
 
-    from trainers.model_io.components import (
-        Components,
-        build_text_encoder,
-        build_unet,
-        build_vae,
-        bundled_config,
-        make_noise_scheduler,
-    )
+    from trainers.model_io.components import Components, make_noise_scheduler
+    from trainers.model_io.model_configs import build_text_encoder, build_unet, build_vae, bundled_config
 
     gen = torch.Generator().manual_seed(seed)
     models = []
@@ -80,8 +74,9 @@ def main() -> int:
     from safetensors import safe_open
 
     from trainers.model_io import load_components, save_single_file
-    from trainers.model_io.components import CONFIG_DIR, ldm_tables
+    from trainers.model_io.components import ldm_tables
     from trainers.model_io.convert import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+    from trainers.model_io.model_configs import CONFIG_DIR
     from trainers.tiny import tiny_tokenizer
 
     ok = True

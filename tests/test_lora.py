@@ -227,7 +227,7 @@ def test_file_size_on_real_sd15_shapes_rank4():
     from safetensors.torch import save
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from trainers.model_io.components import bundled_config
+    from trainers.model_io.model_configs import bundled_config
 
     tcfg = {k: v for k, v in bundled_config("text_encoder").items() if k not in ("architectures", "model_type")}
     sizes = {}

@@ -11,20 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.model_io.components import (
+from trainers.model_io.components import Components, components_from_ldm, components_to_ldm
+from trainers.model_io.convert import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from trainers.model_io.detect import detect_architecture
+from trainers.model_io.model_configs import (
     CONFIG_DIR,
-    Components,
     build_text_encoder,
     build_unet,
     build_vae,
     bundled_config,
-    components_from_ldm,
-    components_to_ldm,
     infer_unet_config,
     infer_vae_config,
 )
-from trainers.model_io.convert import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
-from trainers.model_io.detect import detect_architecture
 
 REFERENCE = Path(__file__).parent / "data" / "sd15_ldm_keys.txt"
 

@@ -115,7 +115,7 @@ def comfy_tiny_components(seed: int = 0) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from .model_io.components import bundled_config
+    from .model_io.model_configs import bundled_config
 
     tok = tiny_tokenizer()
     _seeded(seed)

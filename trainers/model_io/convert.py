@@ -8,12 +8,18 @@ The table is made of module pairs ``(ldm_module, diffusers_module, kind)``; ``ki
 module's children (ResNet blocks and the VAE's attention differ between the two layouts, everything else keeps its
 name). The VAE attention's q/k/v/proj are 1x1 convolutions in LDM and linear layers in diffusers: only their weight
 shapes differ (``[C, C, 1, 1]`` vs ``[C, C]``).
+
+Whole state dicts: three diffusers modules -> one LDM state dict, and a diffusers ``AutoencoderKL`` state dict (a
+separate VAE file) -> LDM VAE keys. torch is never imported here; tensors come from the caller.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ..errors import CheckpointError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -184,3 +190,43 @@ def to_diffusers_tensor(table: KeyTable, key: str, tensor):
     if key in table.conv1x1 and tensor.ndim == 4:
         return tensor.reshape(tensor.shape[0], tensor.shape[1])
     return tensor
+
+
+# ------------------------------------------------------------------------------------------- whole state dicts
+
+
+def module_tables(unet: Any, vae: Any, text_encoder: Any) -> dict[str, KeyTable]:
+    """The key tables of the three diffusers modules (diffusers key -> LDM key)."""
+    return {
+        "unet": unet_table(unet.config, unet.state_dict().keys()),
+        "vae": vae_table(vae.config, vae.state_dict().keys()),
+        "text_encoder": text_table(text_encoder.state_dict().keys()),
+    }
+
+
+def modules_to_ldm(unet: Any, vae: Any, text_encoder: Any, dtype=None) -> dict[str, Any]:
+    """One LDM-layout state dict (full prefixes) from the three diffusers modules; ``dtype`` casts floating
+    tensors."""
+    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    out: dict[str, Any] = {}
+    for name, table in module_tables(unet, vae, text_encoder).items():
+        for key, tensor in modules[name].state_dict().items():
+            t = to_ldm_tensor(table, key, tensor.detach())
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            out[table.to_ldm[key]] = t
+    return out
+
+
+def diffusers_vae_to_ldm(sd: dict[str, Any], path: Any = "<VAE>") -> dict[str, Any]:
+    """A diffusers ``AutoencoderKL`` state dict -> LDM keys with the ``first_stage_model.`` prefix."""
+    levels = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))}
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
+    if not levels or not layers:
+        raise CheckpointError(f"{path} is not a diffusers AutoencoderKL state dict")
+    cfg = {"block_out_channels": [0] * (max(levels) + 1), "layers_per_block": max(layers) + 1}
+    try:
+        table = vae_table(cfg, sd.keys())
+    except KeyError as e:
+        raise CheckpointError(f"{path}: unexpected VAE key ({e})") from e
+    return {table.to_ldm[k]: to_ldm_tensor(table, k, v) for k, v in sd.items()}

@@ -15,8 +15,10 @@ from typing import Any
 from ..errors import CheckpointError, ConfigError
 from ..fsutil import atomic_path, cache_dir, file_sha256, tree_sha256
 from ..handles import ModelHandle
-from .components import CONFIG_METADATA_KEY, Components, components_to_ldm
+from .components import Components, components_to_ldm
 from .convert import TEXT_MODEL, TEXT_PREFIX
+from .model_configs import CONFIG_METADATA_KEY, bundled_config
+from .reader import inspect_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,6 @@ def make_model_handle(
 ) -> ModelHandle:
     """Check a checkpoint (SD1.x, readable, complete with the given VAE/base) and describe it; loads no weights
     beyond what a pickle file needs to be read."""
-    from .reader import inspect_checkpoint
-
     p = Path(path)
     info = inspect_checkpoint(p, ema=ema, vae_path=vae_path, base_path=base_path)
     return ModelHandle(
@@ -131,8 +131,6 @@ def host_loadable_file(handle: ModelHandle) -> str:
     The original file when it is a plain SD1 ``.safetensors`` that needs no change; otherwise (a ``.ckpt``, a
     diffusers folder, EMA weights chosen, a separate VAE or base) a normalized copy, cached by content.
     """
-    from .reader import read_checkpoint
-
     p = Path(handle.path)
     info = handle.info or {}
     plain = (
@@ -166,8 +164,6 @@ def save_diffusers_folder(
     scheduler/, model_index.json); built beside ``folder`` and renamed into place."""
     import shutil
     import tempfile
-
-    from .components import bundled_config
 
     dest = Path(folder)
     if dest.exists() and not overwrite:

@@ -1,4 +1,5 @@
-"""Read an SD1.x single-file checkpoint safely into one LDM-layout state dict.
+"""Read an SD1.x checkpoint (a single file, or a diffusers folder via ``diffusers_folder``) safely into one
+LDM-layout state dict.
 
 ``.safetensors`` files are memory-mapped and only the tensors that are used are read. Pickle-based files
 (``.ckpt/.pt/.pth/.bin``) go through ``torch.load(weights_only=True)`` only, so a malicious pickle cannot run code.
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .convert import TEXT_MODEL, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .convert import TEXT_MODEL, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_vae_to_ldm, unet_table
+from .detect import detect_architecture, state_dict_dtype
+from .diffusers_folder import folder_sources, read_folder
+from .model_configs import build_unet, bundled_config
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +294,6 @@ def _choose_ema(sd: dict[str, Any], ema: str, path: Path) -> tuple[dict[str, Any
 @functools.lru_cache(maxsize=1)
 def _sd15_dotless_names() -> dict[str, str]:
     """{dotless EMA name: 'model.diffusion_model.*' key} for SD1.5's UNet."""
-    from .components import build_unet, bundled_config
-    from .convert import unet_table
-
     cfg = bundled_config("unet")
     table = unet_table(cfg, build_unet(cfg).state_dict().keys())
     return {_ema_name_candidates(k)[0]: k for k in table.ldm_keys()}
@@ -326,12 +327,121 @@ def read_vae_file(path: Path) -> dict[str, Any]:
         vae = {VAE_PREFIX + k: v for k, v in raw.items() if k.startswith(("encoder.", "decoder.", "quant_conv."))}
         vae.update({VAE_PREFIX + k: v for k, v in raw.items() if k.startswith("post_quant_conv.")})
     elif any(k.startswith("encoder.down_blocks.") for k in raw):
-        from .components import diffusers_vae_to_ldm
-
         vae = diffusers_vae_to_ldm({k: materialize(v) for k, v in raw.items()}, path)
     else:
         raise CheckpointError(f"VAE file {path} holds no VAE weights (no encoder/decoder keys); pick a VAE file")
     return {k: materialize(v) for k, v in vae.items()}
+
+
+# ------------------------------------------------------------------------------------------------ read steps
+
+
+@dataclass
+class _Read:
+    """A checkpoint on its way through ``read_checkpoint``: its tensors by component and what was found so far."""
+
+    path: Path
+    parts: dict[str, dict[str, Any]]  # "unet", "vae", "text_encoder", "other" -> LDM keys -> tensors (or _Lazy)
+    sources: dict[str, str]  # component -> the file it comes from
+    fmt: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    ema_used: bool = False
+    ema_present: bool = False
+    renamed: bool = True  # keys were respelled (the file is not in the canonical LDM layout)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_folder(p: Path) -> _Read:
+    """A diffusers folder, converted to LDM keys (float32)."""
+    sd, info = read_folder(p)
+    return _Read(p, _split(sd), folder_sources(p), "diffusers", info=info)
+
+
+def _read_file(p: Path, ema: str) -> _Read:
+    """A single file: read, keys brought to the full LDM prefixes, the asked-for UNet weights (EMA or not) chosen."""
+    raw, metadata, fmt = read_raw(p)
+    sd = _normalize_prefixes(raw)
+    renamed = set(sd) != set(raw)
+    sd, ema_used, ema_present = _choose_ema(sd, ema, p)
+    parts = _split(sd)
+    sources = {name: str(p) for name in ("unet", "vae", "text_encoder") if parts[name]}
+    return _Read(p, parts, sources, fmt, metadata, ema_used, ema_present, renamed)
+
+
+def _check_architecture(read: _Read, check: bool) -> None:
+    """Refuse what is not SD1 (``check``: naming what the file is: SDXL, LoRA, ...) and a file without a UNet."""
+    parts = read.parts
+    if check:
+        detect_architecture({**parts["unet"], **parts["vae"], **parts["text_encoder"], **parts["other"]}, read.path)
+    if not parts["unet"]:
+        found = sorted(k for part in parts.values() for k in part)[:3]
+        raise CheckpointError(
+            f"{read.path} has no SD UNet ('model.diffusion_model.*' keys); found e.g. {found}. "
+            "It is not an SD1.x checkpoint (a LoRA, embedding or VAE file?)"
+        )
+
+
+def _drop_ignored(read: _Read) -> None:
+    """Forget the keys outside the three components (logged) and the buffers of the VAE and text encoder."""
+    dropped = [k for k in read.parts["other"] if not _is_ignored(k) and not k.startswith(EMA_PREFIX)]
+    if dropped:
+        log.info(
+            "%s: ignoring %d keys outside the UNet/VAE/text encoder (e.g. %s)", read.path, len(dropped), dropped[0]
+        )
+    for part in ("vae", "text_encoder"):
+        read.parts[part] = {k: v for k, v in read.parts[part].items() if not _is_ignored(k)}
+
+
+def _replace_vae(read: _Read, vae_path: str | Path) -> None:
+    """Take the VAE from a separate file (replacing the checkpoint's, or supplying a missing one)."""
+    read.parts["vae"] = read_vae_file(Path(vae_path))
+    read.sources["vae"] = str(vae_path)
+
+
+def _complete_from_base(read: _Read, base_path: str | Path, check: bool, load: bool) -> None:
+    """Take a missing VAE and/or text encoder from a full checkpoint."""
+    base = read_checkpoint(base_path, ema="auto", check=check, load=load)
+    bparts = _split(base.state_dict)
+    for part in ("vae", "text_encoder"):
+        if not read.parts[part]:
+            read.parts[part] = bparts[part]
+            read.sources[part] = str(base_path)
+
+
+def _require_complete(read: _Read) -> None:
+    """A UNet without a VAE or text encoder is an error saying what to supply."""
+    missing = [name for name in ("vae", "text_encoder") if not read.parts[name]]
+    if not missing:
+        return
+    names = {"vae": "VAE", "text_encoder": "text encoder"}
+    hints = []
+    if "vae" in missing:
+        hints.append("a VAE file (vae_path, or the loader's VAE input)")
+    hints.append("a full SD1.5 checkpoint to take the missing parts from (base_path)")
+    raise CheckpointError(
+        f"{read.path} holds a UNet but no {' and no '.join(names[m] for m in missing)}. Supply "
+        + " or ".join(hints)
+        + ", e.g. v1-5-pruned-emaonly.safetensors"
+    )
+
+
+def _info(read: _Read, out: dict[str, Any]) -> dict[str, Any]:
+    """What ``read_checkpoint`` reports about the checkpoint it returns (``out``)."""
+    p = str(read.path)
+    sources = read.sources
+    return {
+        **read.info,
+        "variant": "sd1",
+        "format": read.fmt,
+        "ema_present": read.ema_present,
+        "ema_used": read.ema_used,
+        "dtype": state_dict_dtype(out),
+        "sources": sources,
+        "metadata": read.metadata,
+        "path": p,
+        "needs_normalizing": read.renamed or sources.get("vae") != p or sources.get("text_encoder") != p,
+        "counts": {name: len(read.parts[name]) for name in ("unet", "vae", "text_encoder")},
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ public
@@ -352,83 +462,21 @@ def read_checkpoint(
     "non_ema". ``vae_path`` replaces (or supplies) the VAE, ``base_path`` supplies whatever the file lacks (a
     UNet-only file). A diffusers folder is accepted too. ``info`` reports variant, ema_used, dtype and sources.
     """
-    from .detect import detect_architecture, state_dict_dtype
-
     if ema not in EMA_CHOICES:
         raise CheckpointError(f"ema={ema!r} is not one of {', '.join(EMA_CHOICES)}")
     p = Path(path)
-    if p.is_dir():
-        from .components import components_to_ldm, load_components
-
-        comps = load_components(p, tokenizer=False)
-        sd = components_to_ldm(comps)
-        info = dict(comps.info)
-        parts = _split(sd)
-        sources = {"unet": str(p), "vae": str(p), "text_encoder": str(p)}
-        metadata: dict[str, str] = {}
-        fmt = "diffusers"
-        ema_used, ema_present = False, False
-        renamed = True
-    else:
-        raw, metadata, fmt = read_raw(p)
-        sd = _normalize_prefixes(raw)
-        renamed = set(sd) != set(raw)
-        sd, ema_used, ema_present = _choose_ema(sd, ema, p)
-        parts = _split(sd)
-        sources = {name: str(p) for name in ("unet", "vae", "text_encoder") if parts[name]}
-        info = {}
-    if check:  # names what the file is (SDXL, LoRA, ...) when it is not SD1
-        detect_architecture({**parts["unet"], **parts["vae"], **parts["text_encoder"], **parts["other"]}, p)
-    if not parts["unet"]:
-        raise CheckpointError(
-            f"{p} has no SD UNet ('model.diffusion_model.*' keys); found e.g. {sorted(sd)[:3]}. "
-            "It is not an SD1.x checkpoint (a LoRA, embedding or VAE file?)"
-        )
-    dropped = [k for k in parts["other"] if not _is_ignored(k) and not k.startswith(EMA_PREFIX)]
-    if dropped:
-        log.info("%s: ignoring %d keys outside the UNet/VAE/text encoder (e.g. %s)", p, len(dropped), dropped[0])
-    for part in ("vae", "text_encoder"):
-        parts[part] = {k: v for k, v in parts[part].items() if not _is_ignored(k)}
-
+    read = _read_folder(p) if p.is_dir() else _read_file(p, ema)
+    _check_architecture(read, check)
+    _drop_ignored(read)
     if vae_path:
-        parts["vae"] = read_vae_file(Path(vae_path))
-        sources["vae"] = str(vae_path)
-    if base_path and (not parts["vae"] or not parts["text_encoder"]):
-        base = read_checkpoint(base_path, ema="auto", check=check, load=load)
-        bparts = _split(base.state_dict)
-        for part in ("vae", "text_encoder"):
-            if not parts[part]:
-                parts[part] = bparts[part]
-                sources[part] = str(base_path)
-    missing = [name for name in ("vae", "text_encoder") if not parts[name]]
-    if missing:
-        names = {"vae": "VAE", "text_encoder": "text encoder"}
-        hints = []
-        if "vae" in missing:
-            hints.append("a VAE file (vae_path, or the loader's VAE input)")
-        hints.append("a full SD1.5 checkpoint to take the missing parts from (base_path)")
-        raise CheckpointError(
-            f"{p} holds a UNet but no {' and no '.join(names[m] for m in missing)}. Supply "
-            + " or ".join(hints)
-            + ", e.g. v1-5-pruned-emaonly.safetensors"
-        )
-    out = {**parts["unet"], **parts["vae"], **parts["text_encoder"]}
+        _replace_vae(read, vae_path)
+    if base_path and (not read.parts["vae"] or not read.parts["text_encoder"]):
+        _complete_from_base(read, base_path, check, load)
+    _require_complete(read)
+    out = {**read.parts["unet"], **read.parts["vae"], **read.parts["text_encoder"]}
     if load:
         out = {k: materialize(v) for k, v in out.items()}
-    info = {
-        **info,
-        "variant": "sd1",
-        "format": fmt,
-        "ema_present": ema_present,
-        "ema_used": ema_used,
-        "dtype": state_dict_dtype(out),
-        "sources": sources,
-        "metadata": metadata,
-        "path": str(p),
-        "needs_normalizing": renamed or sources.get("vae") != str(p) or sources.get("text_encoder") != str(p),
-        "counts": {name: len(parts[name]) for name in ("unet", "vae", "text_encoder")},
-    }
-    return Checkpoint(out, info)
+    return Checkpoint(out, _info(read, out))
 
 
 def inspect_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
