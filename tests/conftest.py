@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ PACK_NAME = "likeness_pack"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+# The engine's own cache (normalized model copies, the CLI's resumable states) stays out of the user's home.
+os.environ.setdefault("LIKENESS_CACHE", tempfile.mkdtemp(prefix="likeness-test-cache."))
 
 
 def import_pack():

@@ -77,3 +77,55 @@ def test_example_loads_in_the_editor_and_queues_what_the_converter_builds(comfy_
     assert page["errors"] == [], page["errors"]
     editor = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in page["output"].items()}
     assert editor == ui_to_api(workflow, _with_choices(comfy_host.object_info(), workflow))
+
+
+WIDGETS_JS = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  await app.loadGraphData(arguments[0]);
+  const read = () => Object.fromEntries(app.graph._nodes.filter((n) => n.type.startsWith("Likeness")).map((n) => [
+    String(n.id), Object.fromEntries((n.widgets || []).filter((w) => w.serialize !== false).map((w) => [w.name, w.value]))]));
+  const first = read();
+  const saved = JSON.parse(JSON.stringify(app.graph.serialize()));
+  await app.loadGraphData(saved);
+  const p = await app.graphToPrompt();
+  return {first, again: read(), saved, output: p.output};
+})().then((v) => done(JSON.stringify({ok: v})), (e) => done(JSON.stringify({error: String(e && e.stack || e)})));
+"""
+
+
+@pytest.mark.parametrize("name", ("dreambooth_face", "lora_face"))
+def test_workflows_saved_by_likeness_0_1_keep_their_values_after_inputs_changed(comfy_host, driver, name):
+    """Saved before `seed` became `train_seed` (and options moved): every saved value lands on the widget of its
+    name (web/js/likeness_migrate.js), new widgets keep their defaults, and a workflow saved now reloads the same."""
+    from test_node_options import _layouts_v0
+
+    old = json.loads((Path(__file__).parent / "data" / "workflows_v0" / f"{name}.json").read_text())
+    driver.get(comfy_host.url)
+    deadline = time.monotonic() + 60
+    while not driver.execute_script("return !!(window.app && window.app.graph && window.LiteGraph)"):
+        assert time.monotonic() < deadline, "the ComfyUI page did not load"
+        time.sleep(0.2)
+    driver.set_script_timeout(60)
+    got = json.loads(driver.execute_async_script(WIDGETS_JS, old))
+    assert "error" not in got, got.get("error")
+    page, layouts = got["ok"], _layouts_v0()
+    info = comfy_host.object_info()
+    for node in old["nodes"]:
+        if not node["type"].startswith("Likeness"):
+            continue
+        now = page["first"][str(node["id"])]
+        assert "seed" not in now and "control_after_generate" not in now
+        for old_name, value in zip(layouts[node["type"]], node["widgets_values"], strict=False):
+            if old_name == "control_after_generate":
+                continue
+            assert now[{"seed": "train_seed"}.get(old_name, old_name)] == value, (node["type"], old_name)
+        spec = info[node["type"]]["input"]
+        for new_name in set(now) - set(layouts[node["type"]]) - {"train_seed"}:
+            declared = {**spec.get("required", {}), **spec.get("optional", {})}[new_name]
+            assert now[new_name] == declared[1].get("default", now[new_name]), (node["type"], new_name)
+        assert page["again"][str(node["id"])] == now
+    trains = [n for n in page["saved"]["nodes"] if n["type"] in ("LikenessDreamBoothTrain", "LikenessLoRATrain")]
+    assert trains and all("likeness_widgets" in n for n in trains)
+    (train_id,) = [str(n["id"]) for n in trains]
+    assert page["output"][train_id]["inputs"]["train_seed"] == 1234

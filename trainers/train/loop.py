@@ -35,6 +35,7 @@ from ..devices import placement
 from ..errors import OutOfMemory, TrainingDiverged
 from .dataset import Order, mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
+from .hooks import hooks_for
 from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
 from .plan import Plan, metadata_config, plan, weights_hash
 from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
@@ -130,6 +131,9 @@ class Trainer:
         self.latent_cache: dict[tuple[str, int, bool], Any] = {}
         self.text_cache: dict[str, Any] = {}
         self.offloaded: set[str] = set()  # frozen parts moved off the training device after caching
+        self.hooks = hooks_for(self.cfg)
+        self.extra_metadata: dict[str, str] = {}  # what hooks add to the result's metadata
+        self.stopped_early: str | None = None  # why a hook ended training before ``steps``
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -181,9 +185,11 @@ class Trainer:
             if self.plan.resume is not None:
                 self.load_state(self.plan.resume)
             self.cache()
+            for hook in self.hooks:
+                hook.start(self)
             if not self.stop():
                 self.train_steps()
-            if self.step < self.cfg.steps:
+            if self.step < self.cfg.steps and not self.stopped_early:
                 return self.finish_stopped()
             return self.finish()
         except oom as e:
@@ -216,8 +222,15 @@ class Trainer:
             self.report(loss, smoothed.add(loss), inst, prior)
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
                 self.make_samples()
+            for hook in self.hooks:
+                hook.after_step(self)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_state()
+            reasons = [r for r in (hook.stop_reason(self) for hook in self.hooks) if r]
+            if reasons:
+                self.stopped_early = "; ".join(reasons)
+                self.cb.on_status(f"training ends at step {self.step}: {self.stopped_early}")
+                return
 
     def one_step(self) -> tuple[float, float, float | None]:
         """One optimizer step over ``gradient_accumulation`` micro-batches. Returns (loss, subject, prior)."""
@@ -437,6 +450,7 @@ class Trainer:
 
     def metadata(self) -> dict[str, str]:
         return {
+            **self.extra_metadata,
             "likeness.kind": self.strategy.name,
             "likeness.version": __version__,
             "likeness.steps": str(self.step),
@@ -448,6 +462,8 @@ class Trainer:
     def finish(self) -> TrainOutcome:
         self.accel.wait_for_everyone()
         path = None
+        for hook in self.hooks:
+            hook.before_save(self)
         meta = self.metadata()
         if self.accel.is_main_process:
             self.cb.on_progress(self.phase_info("saving"))
@@ -535,9 +551,15 @@ class Trainer:
             "losses_instance": self.losses_instance,
             "losses_prior": self.losses_prior,
             "config": metadata_config(self.cfg),
+            "hooks": {hook.name: hook.state() for hook in self.hooks},
+        }
+        hook_tensors = {
+            f"{hook.name}.{k}": v.detach().to("cpu").contiguous()
+            for hook in self.hooks
+            for k, v in hook.tensors().items()
         }
         try:
-            final = write_state(root, self.step, tensors, extra, info)
+            final = write_state(root, self.step, tensors, extra, info, hook_tensors)
         except OSError as e:
             clean_partials(root)
             self.cb.on_status(
@@ -576,6 +598,10 @@ class Trainer:
         self.losses = list(info.get("losses", []))
         self.losses_instance = list(info.get("losses_instance", []))
         self.losses_prior = list(info.get("losses_prior", []))
+        for hook in self.hooks:
+            prefix = f"{hook.name}."
+            mine = {k[len(prefix) :]: v for k, v in saved.hook_tensors.items() if k.startswith(prefix)}
+            hook.load((info.get("hooks") or {}).get(hook.name, {}), mine)
         self.last_state = path
         self.cb.on_status(f"resumed from {path} at step {self.step}")
 

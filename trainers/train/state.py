@@ -26,7 +26,7 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-STATE_FILES = ("trainable.safetensors", "optimizer.pt", "state.json")
+STATE_FILES = ("trainable.safetensors", "hooks.safetensors", "optimizer.pt", "state.json")
 _STATE_RE = re.compile(r"^step-(\d{6,})$")
 _PART_RE = re.compile(r"^\.step-(\d{6,})\.part$")
 
@@ -70,7 +70,14 @@ def find_resume(resume_from: str | None, state_dir: Path) -> Path | None:
 # writing
 
 
-def write_state(root: Path, step: int, tensors: dict[str, Any], extra: dict[str, Any], info: dict[str, Any]) -> Path:
+def write_state(
+    root: Path,
+    step: int,
+    tensors: dict[str, Any],
+    extra: dict[str, Any],
+    info: dict[str, Any],
+    hook_tensors: dict[str, Any] | None = None,
+) -> Path:
     """Write one state atomically (temporary folder, then rename) and return its folder."""
     import torch
     from safetensors.torch import save_file
@@ -82,6 +89,8 @@ def write_state(root: Path, step: int, tensors: dict[str, Any], extra: dict[str,
     tmp.mkdir()
     try:
         save_file(tensors, str(tmp / "trainable.safetensors"))
+        if hook_tensors:
+            save_file(hook_tensors, str(tmp / "hooks.safetensors"))
         torch.save(extra, tmp / "optimizer.pt")
         data = {"version": STATE_VERSION, **info, "step": int(step)}
         (tmp / "state.json").write_text(json.dumps(data, indent=1, default=str))
@@ -157,6 +166,7 @@ class SavedState:
     info: dict[str, Any]
     tensors: dict[str, Any]
     extra: dict[str, Any]
+    hook_tensors: dict[str, Any]
 
     @property
     def step(self) -> int:
@@ -224,4 +234,12 @@ def read_state(path: Path, info: dict[str, Any] | None = None) -> SavedState:
         raise StateError(path, f"resumable state {path} is damaged (optimizer.pt: {first}); {_fix(path)}") from None
     if not isinstance(extra, dict) or not {"optimizer", "lr_scheduler", "rng_cpu"} <= set(extra):
         raise StateError(path, f"resumable state {path} is damaged (optimizer.pt is incomplete); {_fix(path)}")
-    return SavedState(path, info, tensors, extra)
+    hook_tensors = {}
+    if (path / "hooks.safetensors").is_file():
+        try:
+            hook_tensors = load_file(str(path / "hooks.safetensors"))
+        except Exception as e:  # noqa: BLE001
+            raise StateError(
+                path, f"resumable state {path} is damaged (hooks.safetensors: {e}); {_fix(path)}"
+            ) from None
+    return SavedState(path, info, tensors, extra, hook_tensors)

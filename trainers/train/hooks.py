@@ -1,0 +1,52 @@
+"""Hooks: work that runs beside the training steps without living in the loop (evaluation, EMA, validation, ...).
+
+The loop calls every hook of a run at fixed points, in order:
+
+1. ``start(trainer)`` — once, after setup and after a resumable state was loaded (``trainer.step`` is where the run
+   starts);
+2. ``after_step(trainer)`` — after each optimizer step and its progress report (``trainer.step`` counts it);
+3. ``stop_reason(trainer)`` — after each step: a text ends training early (e.g. early stopping) and the run is then
+   finished and saved as usual; ``None`` goes on;
+4. ``before_save(trainer)`` — before the result is written: a hook may put other weights in place (the best
+   checkpoint, EMA weights) and adds its metadata to ``trainer.extra_metadata``.
+
+A hook that keeps state across a stop and a resume returns it from ``state()`` (JSON data, saved in ``state.json``)
+and ``tensors()`` (saved in ``hooks.safetensors``), and gets it back in ``load(state, tensors)`` before ``start``.
+Hooks for a config come from :func:`hooks_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Hook:
+    """A no-op hook; subclasses override what they need."""
+
+    name = "hook"
+
+    def start(self, trainer) -> None:
+        pass
+
+    def after_step(self, trainer) -> None:
+        pass
+
+    def stop_reason(self, trainer) -> str | None:
+        return None
+
+    def before_save(self, trainer) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def tensors(self) -> dict[str, Any]:
+        return {}
+
+    def load(self, state: dict[str, Any], tensors: dict[str, Any]) -> None:
+        pass
+
+
+def hooks_for(config) -> list[Hook]:
+    """The hooks a config asks for, in the order they run."""
+    return []
