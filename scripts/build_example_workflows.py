@@ -72,7 +72,7 @@ The instance prompt comes from the dataset ('a photo of sks woman face'); 'sks' 
 your person.
 VRAM: 24 GB trains everything; with 12-16 GB turn train_text_encoder off and use a Training Options node \
 (gradient checkpointing on, optimizer adamw8bit). ~20-40 min on an RTX 3090.
-The seed is 'fixed': queueing again reuses the saved result (models/checkpoints/likeness/) instead of training \
+Queueing the same graph again reuses the saved result (models/checkpoints/likeness/) instead of training \
 again. Watch progress, samples and loss on the node; Cancel stops cleanly and the next run resumes."""
 
 N_LORA = """4. LORA TRAIN
@@ -80,7 +80,7 @@ Trains a small LoRA (a few MB) on top of the frozen model. Typical: 1000-2000 st
 16, alpha 8.
 VRAM: ~6-8 GB at 512 px; much faster than DreamBooth. The file goes to models/loras/likeness/ and also works with \
 Load LoRA, A1111/Forge and diffusers, on any SD1.5 checkpoint.
-The seed is 'fixed': queueing again reuses the saved result instead of training again."""
+Queueing the same graph again reuses the saved result instead of training again."""
 
 N_APPLY_DB = """5. APPLY TRAINED MODEL
 Loads the trained checkpoint as MODEL/CLIP/VAE (ComfyUI's own loader). Later, sample without training: pick the \
@@ -157,8 +157,7 @@ def _training_graph(kind: str) -> dict:
         "resolution": 512,
         "train_text_encoder": True,
         "prior_loss_weight": 1.0,
-        "seed": 1234,
-        "control_after_generate": "fixed",
+        "train_seed": 1234,
         "sample_every": 250,
         "save_dtype": "fp16",
     }

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -43,6 +44,7 @@ RECOMMENDED_IMAGES = 15  # what DreamBooth wants for a person
 UPSCALE_WARN = 2.0
 MAX_TIGHT_FRACTION = 0.8  # a crop narrower than the margin asks for may hold the face up to this share of its side
 REPORT_NAME = "report.json"
+_OWN_NAME = re.compile(r"\d{4,}\.(png|txt)")  # the names _keep gives a crop and its caption
 
 
 @dataclass
@@ -633,27 +635,44 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
     return "\n".join(lines)
 
 
+def _is_own_name(name: Any) -> bool:
+    """A file name this module generates for a crop (``0001.png``, ``0001.txt``): the only names it ever deletes."""
+    return isinstance(name, str) and _OWN_NAME.fullmatch(name) is not None
+
+
 def _read_report(folder: Path) -> dict[str, Any] | None:
+    """The report of an earlier run in ``folder``, or None. What a report says is never trusted as a path: entries
+    whose output is not one of our own file names are dropped (and the report then does not count as complete)."""
     p = folder / REPORT_NAME
-    if not p.is_file():
+    if not p.is_file() or p.is_symlink():
         return None
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == "likeness-facecrop" else None
+    if not isinstance(data, dict) or data.get("format") != "likeness-facecrop" or not isinstance(data.get("images"), list):
+        return None
+    images = [r for r in data["images"] if isinstance(r, dict)]
+    kept = [r for r in images if r.get("status") != "kept" or _is_own_name(r.get("output"))]
+    if len(kept) != len(data["images"]):
+        log.warning("face crop: %s lists files that are not crops of ours; they are ignored", p)
+        return {**data, "images": kept, "untrusted": True}
+    return data
 
 
 def _owned_files(report: dict[str, Any]) -> list[str]:
+    """The files of an earlier run that a new run replaces: our generated names only, inside the folder."""
     names = []
     for r in report.get("images", []):
         out = r.get("output")
-        if r.get("status") == "kept" and out:
+        if r.get("status") == "kept" and _is_own_name(out):
             names += [out, Path(out).with_suffix(".txt").name]
     return names + [REPORT_NAME]
 
 
 def _complete(folder: Path, report: dict[str, Any]) -> bool:
+    if report.get("untrusted"):
+        return False
     return all((folder / r["output"]).is_file() for r in report["images"] if r["status"] == "kept")
 
 
