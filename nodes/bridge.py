@@ -80,20 +80,31 @@ def temp_dir() -> Path:
     return Path(folder_paths().get_temp_directory())
 
 
-def resolve_input_folder(folder: str) -> Path:
-    """A user-typed folder: relative names are inside ComfyUI's input directory; absolute paths must exist.
+ANY_FOLDER_ENV = "LIKENESS_ALLOW_ANY_FOLDER"  # "1": typed folders may be anywhere the server can read
 
-    A relative name may not climb out of the input directory (``..``).
-    """
+
+def allowed_roots() -> list[Path]:
+    """Where typed folders may be: ComfyUI's input folder, and its output folder (datasets and class images the pack
+    made). A ComfyUI started with --listen serves other people: they must not make it read the server's disk."""
+    return [input_dir().resolve(), output_dir().resolve()]
+
+
+def resolve_input_folder(folder: str) -> Path:
+    """A user-typed folder, checked before anything walks it: a relative name is inside ComfyUI's input folder; an
+    absolute path must be inside the input or output folder, unless the server sets LIKENESS_ALLOW_ANY_FOLDER=1.
+    Symlinks are resolved first, so a link cannot lead out either."""
     raw = folder.strip()
     if not raw:
-        raise ValueError("no folder given: type a folder name inside ComfyUI's input directory or an absolute path")
+        raise ValueError("no folder given: type a folder name inside ComfyUI's input directory")
     p = Path(raw).expanduser()
-    if not p.is_absolute():
-        root = input_dir().resolve()
-        p = (root / p).resolve()
-        if root not in p.parents and p != root:
-            raise ValueError(f"folder '{folder}' points outside ComfyUI's input directory ({root})")
+    roots = allowed_roots()
+    p = (roots[0] / p).resolve() if not p.is_absolute() else p.resolve()
+    if os.environ.get(ANY_FOLDER_ENV) != "1" and not any(p == r or r in p.parents for r in roots):
+        raise ValueError(
+            f"folder '{folder}' is outside ComfyUI's input and output folders ({roots[0]}, {roots[1]}); put the "
+            f"photos in a folder inside input/ and type its name, or start ComfyUI with {ANY_FOLDER_ENV}=1 to allow "
+            "any folder (only on a machine nobody else reaches)"
+        )
     if not p.exists():
         raise FileNotFoundError(f"folder '{p}' does not exist; create it and put your photos in it")
     if not p.is_dir():

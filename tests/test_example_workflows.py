@@ -170,8 +170,9 @@ def test_examples_are_editor_files_with_only_core_and_likeness_nodes(host, info)
         assert "Note" in types and sum(n["type"] == "Note" for n in wf["nodes"]) >= 2, f"{name}: notes explain it"
         for node in wf["nodes"]:
             if node["type"] in ("LikenessDreamBoothTrain", "LikenessLoRATrain"):
-                i = widget_index(node, "seed", info)
-                assert node["widgets_values"][i + 1] == "fixed", f"{name}: training seed must stay fixed"
+                # the training seed has no "control after generate" value: queueing again never retrains
+                i = widget_index(node, "train_seed", info)
+                assert node["widgets_values"][i] == 1234 and "control_after_generate" not in node["likeness_widgets"]
         thumb = EXAMPLES / f"{name}.jpg"
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and min(im.size) >= 200

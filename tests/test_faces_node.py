@@ -124,14 +124,24 @@ def test_node_accepts_an_image_batch_and_leaves_it_untouched(node, host):
     assert "batch[0]" in report
 
 
-def test_node_folder_rules(node, host, tmp_path, DatasetError):  # noqa: N803
-    with pytest.raises(DatasetError, match="outside ComfyUI's input directory"):
+def test_node_folder_rules(node, host, tmp_path, DatasetError, monkeypatch):  # noqa: N803
+    with pytest.raises(DatasetError, match="outside ComfyUI's input and output folders"):
         node().build(folder="../elsewhere", **_inputs())
     with pytest.raises(DatasetError, match="does not exist"):
         node().build(folder="nobody", **_inputs())
     outside = tmp_path / "abs_photos"
     _photos(outside)
-    handle, _, _ = node().build(folder=str(outside), **_inputs())["result"]  # absolute paths are allowed
+    # an absolute path elsewhere is refused (a server with --listen serves others), and so is a link leading there
+    with pytest.raises(DatasetError, match="LIKENESS_ALLOW_ANY_FOLDER=1"):
+        node().build(folder=str(outside), **_inputs())
+    (host.input / "sneaky").symlink_to(outside)
+    with pytest.raises(DatasetError, match="outside ComfyUI's input and output folders"):
+        node().build(folder="sneaky", **_inputs())
+    inside = host.input / "abs_inside"
+    _photos(inside)
+    assert node().build(folder=str(inside), **_inputs())["result"][0].count == 2  # absolute inside input/ is fine
+    monkeypatch.setenv("LIKENESS_ALLOW_ANY_FOLDER", "1")  # the documented opt-in
+    handle, _, _ = node().build(folder=str(outside), **_inputs())["result"]
     assert handle.count == 2
 
 

@@ -29,3 +29,8 @@ class OutOfMemory(LikenessError):
 
 class TrainingDiverged(LikenessError):
     """The loss (or the gradients) stopped being finite numbers; nothing broken was saved."""
+
+
+class SaveFailed(LikenessError):
+    """The finished result could not be written (a full disk, no permission); the message says where the trained
+    weights were kept and what to free."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,10 @@ _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes, cached in memory by (path, size, mtime) so repeated calls are free."""
-    p = Path(path).resolve()
+    try:
+        p = Path(path).resolve()
+    except RuntimeError as e:  # Python < 3.13 raises this for a symlink loop; newer ones an OSError
+        raise OSError(errno.ELOOP, f"symlink loop ({e})", str(path)) from None
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:
@@ -98,6 +102,30 @@ def atomic_path(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+_PART_RE = re.compile(r"^\.(?P<dest>.+)\.[A-Za-z0-9_]{8}\.part$")  # what atomic_path's mkstemp names look like
+STALE_AFTER_S = 15 * 60  # a temporary file untouched this long belongs to a killed write
+
+
+def clean_stale_parts(folder: str | Path, *, older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files a killed :func:`atomic_path` write left in ``folder`` (our own name pattern only,
+    plain files only, and only when untouched for ``older_than`` seconds, so a write in progress is never hit)."""
+    import time
+
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for p in root.iterdir():
+        if not _PART_RE.match(p.name) or p.is_symlink() or not p.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime >= older_than:
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -109,6 +137,7 @@ def write_json_atomic(dest: str | Path, data: object, overwrite: bool = True) ->
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+MAX_NAME_BYTES = 200  # a file name is at most 255 bytes; our suffixes (".likeness.json", temporary names) need ~50
 _SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
@@ -121,6 +150,11 @@ def safe_name(name: str, what: str = "output name") -> str:
             "e.g. 'my_subject'"
         )
     cleaned = _SAFE.sub("_", raw)
+    if len(cleaned.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{what} is {len(cleaned.encode('utf-8'))} bytes long; file systems allow 255 and Likeness adds suffixes "
+            f"(.safetensors, _2, temporary names): use at most {MAX_NAME_BYTES} characters, e.g. {cleaned[:40]!r}"
+        )
     return cleaned
 
 

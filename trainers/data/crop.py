@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..configspec import config_hash, opt, to_dict
 from ..errors import ConfigError, DatasetError
-from ..fsutil import file_sha256, write_json_atomic
+from ..fsutil import STALE_AFTER_S, file_sha256, write_json_atomic
 from .faces import DETECTORS, Face, FaceDetector, choose_face, make_detector
 from .images import LoadedImage, list_images, read_image
 
@@ -45,6 +45,7 @@ UPSCALE_WARN = 2.0
 MAX_TIGHT_FRACTION = 0.8  # a crop narrower than the margin asks for may hold the face up to this share of its side
 REPORT_NAME = "report.json"
 _OWN_NAME = re.compile(r"\d{4,}\.(png|txt)")  # the names _keep gives a crop and its caption
+_PART_NAME = re.compile(r"^\.report\.json\.[A-Za-z0-9_]{8}\.part$")  # an unfinished report (atomic write)
 
 
 @dataclass
@@ -474,7 +475,8 @@ def build_dataset(
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in [staging, *_stale_stagings(folder)]:
+        _remove_staging(stale)
     staging.mkdir()
     t0 = time.perf_counter()
     try:
@@ -482,11 +484,46 @@ def build_dataset(
         report = _make_report(reports, cfg, key, detector.name, time.perf_counter() - t0)
         write_json_atomic(staging / REPORT_NAME, report)
         _install(staging, folder, previous)
+    except OSError as e:
+        raise write_error(folder.parent, e) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_staging(staging)
     text = format_report(report, folder)
     log.info("face crop: %s", report["summary"]["verdict"])
     return CropOutcome(folder, report["summary"]["kept"], key, report, text)
+
+
+def _stale_stagings(folder: Path) -> list[Path]:
+    """Unfinished staging folders of this dataset left by a killed run (untouched for 15 minutes)."""
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.partial-\d+-\d+$")
+    if not folder.parent.is_dir():
+        return []
+    now = time.time()
+    out = []
+    for p in folder.parent.iterdir():
+        with contextlib.suppress(OSError):
+            if pattern.match(p.name) and p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > STALE_AFTER_S:
+                out.append(p)
+    return out
+
+
+def _remove_staging(staging: Path) -> None:
+    """Delete a staging folder's own files (crops, captions, the report), then the folder if nothing else is in it."""
+    if not staging.is_dir() or staging.is_symlink():
+        return
+    for p in staging.iterdir():
+        if (_is_own_name(p.name) or p.name == REPORT_NAME or _PART_NAME.match(p.name)) and not p.is_dir():
+            with contextlib.suppress(OSError):
+                p.unlink()
+    with contextlib.suppress(OSError):
+        staging.rmdir()
+
+
+def write_error(folder: Path, error: OSError) -> DatasetError:
+    """A failed write as one line naming the folder (the unfinished files are removed by the caller)."""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return DatasetError(f"disk full in {folder}: the dataset could not be written; free some space and run again")
+    return DatasetError(f"cannot write the dataset in {folder} ({error.strerror or error}); check the folder")
 
 
 def _ext_names() -> set[str]:
@@ -650,7 +687,11 @@ def _read_report(folder: Path) -> dict[str, Any] | None:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != "likeness-facecrop" or not isinstance(data.get("images"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != "likeness-facecrop"
+        or not isinstance(data.get("images"), list)
+    ):
         return None
     images = [r for r in data["images"] if isinstance(r, dict)]
     kept = [r for r in images if r.get("status") != "kept" or _is_own_name(r.get("output"))]

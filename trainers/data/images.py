@@ -24,8 +24,13 @@ from ..errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-"""Lower-case suffixes :func:`list_images` picks up (matched case-insensitively)."""
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif"}
+)
+"""Lower-case suffixes :func:`list_images` picks up (matched case-insensitively). AVIF is read by Pillow 11+, HEIC/HEIF
+(iPhone photos) when ``pillow-heif`` is installed; otherwise such a photo is reported by name, never silently skipped."""
+
+_NEEDS_PLUGIN = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "a Pillow with AVIF support (11 or newer)"}
 
 DEFAULT_MAX_PIXELS = 80_000_000
 """Largest image (width x height) :func:`load_rgb` decodes by default: above any camera's photos (a 61 MP full
@@ -84,6 +89,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     - Zero-byte, truncated, corrupt and non-image files are refused.
     """
     p = Path(path)
+    if p.suffix.lower() in (".heic", ".heif"):
+        _register_heif()
     try:
         size = p.stat().st_size
     except OSError as e:
@@ -98,6 +105,12 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     except Image.DecompressionBombError as e:
         raise DatasetError(f"{p}: refused, too many pixels to decode safely ({e})") from None
     except UnidentifiedImageError:
+        plugin = _NEEDS_PLUGIN.get(p.suffix.lower())
+        if plugin:
+            raise DatasetError(
+                f"{p}: a {p.suffix.lstrip('.').upper()} photo this install cannot read; install {plugin} "
+                "('pip install pillow-heif' in ComfyUI's Python) or export the photo as JPEG"
+            ) from None
         raise DatasetError(f"{p}: not an image (or a format Pillow cannot read)") from None
     except OSError as e:
         raise DatasetError(f"{p}: cannot be opened ({e})") from None
@@ -133,6 +146,18 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
                 reason = f"truncated or damaged file ({reason})"
             raise DatasetError(f"{p}: cannot be decoded: {reason}") from None
     return LoadedImage(image=out, source_mode=mode, source_format=fmt, notes=notes)
+
+
+def _register_heif() -> None:
+    """Let Pillow open HEIC/HEIF files when pillow-heif is installed (once; nothing happens without it)."""
+    if getattr(_register_heif, "done", False):
+        return
+    _register_heif.done = True  # type: ignore[attr-defined]
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
 
 
 def _has_frame_count(im: Image.Image) -> bool:

@@ -112,6 +112,11 @@ class LoRATrain:
         te = adapters.get_weights(components.text_encoder) if self.train_text_encoder else {}
         return unet, te
 
+    def result_bytes(self, components, config) -> int:
+        """The saved LoRA's size: the adapter weights in ``save_dtype``."""
+        per = 4 if config.save_dtype == "fp32" else 2
+        return sum(p.numel() for p in self._named(components).values()) * per
+
     def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path:
         unet, te = self.weights(components)
         md = dict(metadata)

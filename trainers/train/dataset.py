@@ -96,11 +96,20 @@ def fingerprint(folder: str | Path, what: str = "dataset") -> str:
     root = Path(folder)
     h = hashlib.sha256()
     for path, repeats in scan_folder(root, what):
-        h.update(f"{path.relative_to(root).as_posix()}:{repeats}:{file_sha256(path)}".encode())
+        h.update(f"{path.relative_to(root).as_posix()}:{repeats}:{_file_identity(path)}".encode())
         caption = path.with_suffix(".txt")
         if caption.is_file():
-            h.update(b"caption:" + file_sha256(caption).encode())
+            h.update(b"caption:" + _file_identity(caption).encode())
     return h.hexdigest()
+
+
+def _file_identity(path: Path) -> str:
+    """The file's hash, or why it cannot be read (a broken link, no permission): that file is skipped when the
+    images are read, and reported there."""
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        return f"unreadable:{e.strerror or e}"
 
 
 def square(image, size: int):

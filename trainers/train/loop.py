@@ -32,12 +32,12 @@ from typing import Any
 
 from .. import __version__
 from ..devices import placement
-from ..errors import OutOfMemory, TrainingDiverged
+from ..errors import OutOfMemory, SaveFailed, TrainingDiverged
 from .dataset import Order, mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
 from .hooks import hooks_for
 from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
-from .plan import Plan, metadata_config, plan, weights_hash
+from .plan import Plan, free_output_path, metadata_config, plan, weights_hash
 from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
 from .strategy import RunContext
 
@@ -469,10 +469,45 @@ class Trainer:
             self.cb.on_progress(self.phase_info("saving"))
             self.cb.on_status(f"saving {self.plan.output}")
             self.ctx.step = self.step
-            path = Path(self.strategy.save_result(self.c, self.plan.output, meta, self.cfg, self.ctx))
+            path = self.save_result(meta)
         if self.cfg.sample_at_end and not self.stop():
             self.make_samples()
         return self.outcome("finished", path, meta)
+
+    def save_result(self, meta: dict[str, str]) -> Path:
+        """Write the result. A file that appeared at the output path meanwhile is never replaced: the result goes
+        beside it under a free name. When the file system refuses the write (full, read-only), the trained weights
+        are kept as a resumable state at the final step, so running again saves without training again."""
+        output = self.plan.output
+        try:
+            return Path(self.strategy.save_result(self.c, output, meta, self.cfg, self.ctx))
+        except FileExistsError:
+            other = free_output_path(output.parent, output.stem)
+            self.cb.on_status(f"{output} appeared while training; saving the result as {other.name} instead")
+            return Path(self.strategy.save_result(self.c, other, meta, self.cfg, self.ctx))
+        except OSError as e:
+            raise self.save_failed(output, e) from None
+
+    def save_failed(self, output: Path, error: OSError) -> SaveFailed:
+        import shutil
+
+        need = _result_bytes(self.strategy, self.c, self.cfg)
+        try:
+            free = shutil.disk_usage(output.parent).free
+        except OSError:
+            free = -1
+        why = f"could not save {output} ({error.strerror or error}); "
+        space = f"{_mb(free)} free there, the result needs about {_mb(need)}" if free >= 0 else f"it needs {_mb(need)}"
+        state = self.last_state if self.last_state is not None and self.resumed_at == self.step else self.save_state()
+        if state is not None:
+            return SaveFailed(
+                f"{why}{space}. The trained weights are kept as a resumable state in {state}: free space (or fix the "
+                "folder's permissions) and run the same training again: it saves without training again"
+            )
+        return SaveFailed(
+            f"{why}{space}, and no resumable state could be written in {self.plan.state_dir} either: the trained "
+            f"weights are lost. Free at least {_mb(need)} in {output.parent} before training again"
+        )
 
     def finish_stopped(self) -> TrainOutcome:
         if self.cfg.save_state_on_stop and self.step > 0 and self.step > self.resumed_at:
@@ -636,6 +671,18 @@ def _te_checkpointing(text_encoder, on: bool) -> None:
         else "gradient_checkpointing"
     )
     getattr(text_encoder, f"{name}_{'enable' if on else 'disable'}")()
+
+
+def _result_bytes(strategy, components, cfg) -> int:
+    """About how many bytes the result file takes (the strategy's own estimate, else its trained tensors)."""
+    estimate = getattr(strategy, "result_bytes", None)
+    if callable(estimate):
+        return int(estimate(components, cfg))
+    return sum(t.numel() * t.element_size() for t in strategy.state_dict_for_checkpoint(components).values())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 10e6 else f"{n / 1e6:.1f} MB"
 
 
 def sample_prompts(cfg) -> list[str]:

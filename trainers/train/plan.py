@@ -18,6 +18,8 @@ from .config import RUN_OPTIONS, WEIGHTLESS_OPTIONS
 from .dataset import ImageSet, fingerprint, load_image_set
 from .state import find_resume
 
+INDEX_SUFFIX = ".likeness.json"
+
 
 @dataclass
 class Plan:
@@ -42,6 +44,21 @@ def output_path(config) -> Path:
     if output.exists() and not config.overwrite:
         raise ConfigError(f"output {output} already exists; choose another name or set overwrite=true")
     return output
+
+
+def sidecar_path(result: Path) -> Path:
+    """The index file beside a result (its content key and metadata; see :mod:`.session`)."""
+    return result.with_name(result.stem + INDEX_SUFFIX)
+
+
+def free_output_path(folder: Path, name: str) -> Path:
+    """``name.safetensors``, or ``name_2.safetensors``... when taken: never overwrite an existing result."""
+    path = folder / f"{name}.safetensors"
+    n = 2
+    while path.exists() or sidecar_path(path).exists():
+        path = folder / f"{name}_{n}.safetensors"
+        n += 1
+    return path
 
 
 def default_state_dir(config, output: Path) -> Path:

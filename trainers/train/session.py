@@ -30,36 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from ..configspec import validate
-from ..fsutil import write_json_atomic
+from ..fsutil import clean_stale_parts, write_json_atomic
 from .events import Callbacks, TrainOutcome
-from .plan import Plan, dataset_hash, output_path, weights_hash
+from .plan import INDEX_SUFFIX, Plan, dataset_hash, free_output_path, output_path, sidecar_path, weights_hash
 from .plan import plan as make_plan
 from .state import StateError, check_compatible, clean_partials, list_states, read_info, remove_states, set_aside
 
 log = logging.getLogger(__name__)
 
-INDEX_SUFFIX = ".likeness.json"
 INDEX_FORMAT = "likeness.result"
+__all__ = ["INDEX_SUFFIX", "RunResult", "Session", "find_existing", "free_output_path", "result_key"]
 
 
 def result_key(model_key: str, config, dataset: str) -> str:
     """Content key of a training result: base weights + every option that shapes the weights + steps + images."""
     blob = json.dumps([model_key, weights_hash(config), config.steps, dataset], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def sidecar_path(result: Path) -> Path:
-    return result.with_name(result.stem + INDEX_SUFFIX)
-
-
-def free_output_path(folder: Path, name: str) -> Path:
-    """``name.safetensors``, or ``name_2.safetensors``... when taken: never overwrite an existing result."""
-    path = folder / f"{name}.safetensors"
-    n = 2
-    while path.exists() or sidecar_path(path).exists():
-        path = folder / f"{name}_{n}.safetensors"
-        n += 1
-    return path
 
 
 def read_sidecar(side: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -162,7 +148,9 @@ class Session:
             log.warning("%s exists (another result); saving as %s", self.wanted, output.name)
         if self.force:
             remove_states(self.state_dir)
-        clean_partials(self.state_dir)
+        clean_partials(self.state_dir)  # unfinished states of a killed run
+        for stale in clean_stale_parts(self.wanted.parent):  # unfinished result files of a killed save
+            log.info("removed %s, left by a save that did not finish", stale)
         resume = cfg.resume_from
         self.auto_resume = not resume and bool(list_states(self.state_dir))
         if self.auto_resume:

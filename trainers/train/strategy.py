@@ -119,6 +119,12 @@ class FullFineTune:
         elif te:
             raise ValueError("the resumable state holds text-encoder weights but train_text_encoder is off")
 
+    def result_bytes(self, components, config) -> int:
+        """The saved checkpoint's size: every UNet, VAE and text-encoder weight in ``save_dtype``."""
+        per = 4 if config.save_dtype == "fp32" else 2
+        modules = (components.unet, components.vae, components.text_encoder)
+        return sum(p.numel() for m in modules for p in m.parameters()) * per
+
     def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path:
         from ..model_io import save_single_file
         from ..model_io.export import save_diffusers_folder

@@ -66,8 +66,11 @@ app.registerExtension({
   name: "likeness.migrate",
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("Likeness")) return;
-    const configure = nodeType.prototype.configure;
+    // The 2024 frontend copies LiteGraph's methods onto the class only when it is registered, after this hook:
+    // fall back to LGraphNode's own configure then.
+    const own = nodeType.prototype.configure;
     nodeType.prototype.configure = function (info) {
+      const configure = own || globalThis.LGraphNode?.prototype?.configure || globalThis.LiteGraph?.LGraphNode?.prototype?.configure;
       return configure.call(this, migrateWidgetValues(this, info));
     };
     const onSerialize = nodeType.prototype.onSerialize;
