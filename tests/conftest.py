@@ -56,3 +56,11 @@ def cache_root(tmp_path_factory) -> Path:
 
 from tests.fixtures_models import comfy_tiny_checkpoint, tiny_checkpoint, tiny_components  # noqa: E402,F401
 from tests.host.fixtures import _comfy_host_guard, comfy_host, comfy_host_install, pytest_runtest_makereport  # noqa: E402,F401,I001
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how the disk-full tests made a disk full: a real tmpfs, or ENOSPC injected at the write call."""
+    import faults
+
+    if faults.USED:
+        terminalreporter.write_line(f"disk-full tests ran on: {', '.join(sorted(faults.USED))}")

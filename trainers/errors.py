@@ -34,3 +34,7 @@ class TrainingDiverged(LikenessError):
 class SaveFailed(LikenessError):
     """The finished result could not be written (a full disk, no permission); the message says where the trained
     weights were kept and what to free."""
+
+
+class OutputExists(ConfigError):
+    """The file to write exists already (and replacing it was not asked for)."""

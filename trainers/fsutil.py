@@ -132,6 +132,23 @@ def _umask() -> int:
     return mask
 
 
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, with a failed write raised as the ``OSError`` it is (safetensors reports a
+    full disk as its own error type), so callers can tell a full disk from a bug."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError carries the OS error in its text
+        found = re.search(r"os error (\d+)", str(e))
+        if found:
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
+        raise
+
+
 def write_json_atomic(dest: str | Path, data: object, overwrite: bool = True) -> None:
     with atomic_path(dest, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

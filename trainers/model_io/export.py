@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
-from ..fsutil import atomic_path, cache_dir, file_sha256, tree_sha256
+from ..errors import CheckpointError, ConfigError, OutputExists
+from ..fsutil import atomic_path, cache_dir, file_sha256, save_safetensors, tree_sha256
 from ..handles import ModelHandle
 from .components import Components, components_to_ldm
 from .convert import TEXT_MODEL, TEXT_PREFIX
@@ -47,8 +47,6 @@ def write_ldm_file(
 ) -> Path:
     """Atomically write an LDM state dict (adds the text encoder's ``position_ids`` the original files carry)."""
     import torch
-    from safetensors.torch import save_file
-
     sd = dict(state_dict)
     pos_key = TEXT_PREFIX + TEXT_MODEL + "embeddings.position_embedding.weight"
     if pos_key in sd and POSITION_IDS_KEY not in sd:
@@ -57,9 +55,9 @@ def write_ldm_file(
     dest = Path(path)
     try:
         with atomic_path(dest, overwrite=overwrite) as tmp:
-            save_file(sd, str(tmp), metadata=_check_metadata(metadata))
+            save_safetensors(sd, tmp, metadata=_check_metadata(metadata))
     except FileExistsError as e:
-        raise ConfigError(f"{dest} already exists; choose another name or allow overwriting") from e
+        raise OutputExists(f"{dest} already exists; choose another name or allow overwriting") from e
     return dest
 
 
@@ -167,7 +165,7 @@ def save_diffusers_folder(
 
     dest = Path(folder)
     if dest.exists() and not overwrite:
-        raise ConfigError(f"{dest} already exists; choose another folder or allow overwriting")
+        raise OutputExists(f"{dest} already exists; choose another folder or allow overwriting")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     torch_dtype = _torch_dtype(dtype)

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import __version__
 from ..devices import placement
-from ..errors import OutOfMemory, SaveFailed, TrainingDiverged
+from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .dataset import Order, mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
 from .hooks import hooks_for
@@ -481,7 +481,7 @@ class Trainer:
         output = self.plan.output
         try:
             return Path(self.strategy.save_result(self.c, output, meta, self.cfg, self.ctx))
-        except FileExistsError:
+        except (FileExistsError, OutputExists):
             other = free_output_path(output.parent, output.stem)
             self.cb.on_status(f"{output} appeared while training; saving the result as {other.name} instead")
             return Path(self.strategy.save_result(self.c, other, meta, self.cfg, self.ctx))

@@ -80,7 +80,8 @@ def write_state(
 ) -> Path:
     """Write one state atomically (temporary folder, then rename) and return its folder."""
     import torch
-    from safetensors.torch import save_file
+
+    from ..fsutil import save_safetensors
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / state_name(step)
@@ -88,9 +89,9 @@ def write_state(
     _remove_own(tmp)
     tmp.mkdir()
     try:
-        save_file(tensors, str(tmp / "trainable.safetensors"))
+        save_safetensors(tensors, tmp / "trainable.safetensors")
         if hook_tensors:
-            save_file(hook_tensors, str(tmp / "hooks.safetensors"))
+            save_safetensors(hook_tensors, tmp / "hooks.safetensors")
         torch.save(extra, tmp / "optimizer.pt")
         data = {"version": STATE_VERSION, **info, "step": int(step)}
         (tmp / "state.json").write_text(json.dumps(data, indent=1, default=str))
