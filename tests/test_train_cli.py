@@ -86,3 +86,35 @@ def test_cli_checkpoint_matches_in_process_run_and_loads_in_diffusers(tiny_check
     meta = __import__("safetensors").safe_open(str(cli_out), "pt").metadata()
     assert meta["likeness.kind"] == "dreambooth" and meta["likeness.steps"] == "4"
     assert meta["likeness.base_model_sha256"] and meta["likeness.dataset_sha256"]
+
+
+def test_cli_trains_with_the_separate_vae_and_reuses_its_result(tiny_checkpoint, tiny_components, tmp_path):
+    """``vae_path`` is honoured (the VAE inside the result is the separate one, as on the node), and the same
+    command again finds its result instead of training (the same session rules as the nodes)."""
+    from safetensors.torch import load_file
+
+    from trainers.tiny import tiny_components as build
+    from trainers.tiny import write_civitai_file
+
+    other = write_civitai_file(build(seed=1), tmp_path / "other.safetensors", dtype="fp32")
+    tok_dir = tmp_path / "tokenizer"
+    tiny_components.tokenizer.save_pretrained(tok_dir)
+    subject_images(tmp_path / "inst")
+    out = tmp_path / "out" / "db.safetensors"
+    args = [
+        f"base_model={tiny_checkpoint}", f"vae_path={other}", f"tokenizer={tok_dir}", f"instance_data={tmp_path / 'inst'}",
+        "prior_preservation=false", "resolution=32", "steps=1", "mixed_precision=fp32", "gradient_checkpointing=false",
+        "sample_at_end=false", "save_dtype=fp32", f"output={out}",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "trainers", "dreambooth", *args]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, vae = load_file(str(out)), load_file(str(other))
+    vae_keys = [k for k in got if k.startswith("first_stage_model.")]
+    assert vae_keys and all(torch.equal(got[k], vae[k]) for k in vae_keys)
+    base = load_file(str(tiny_checkpoint))
+    assert any(not torch.equal(got[k].float(), base[k].float()) for k in vae_keys)  # not the checkpoint's own VAE
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"reused {out}" in again.stdout, again.stderr[-2000:]
+    assert sorted(p.name for p in out.parent.glob("*.safetensors")) == ["db.safetensors"]

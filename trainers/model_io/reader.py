@@ -97,13 +97,30 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a valid .safetensors file (unreadable header); re-download it") from e
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a valid .safetensors file (bad header); re-download it")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    end = max((_tensor_end(k, v, path) for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise CheckpointError(
             f"{path} is truncated: its header describes {8 + n + end} bytes but the file has {size}; "
             "the download was probably interrupted, download it again"
         )
     return header
+
+
+def _tensor_end(key: str, entry: Any, path: Path) -> int:
+    """Where one tensor's bytes end, from its header entry; a malformed entry is a damaged file."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+        or not isinstance(entry.get("dtype"), str)
+        or not isinstance(entry.get("shape"), list)
+    ):
+        raise CheckpointError(
+            f"{path} is not a valid .safetensors file (the header entry of {key!r} is malformed); re-download it"
+        )
+    return offsets[1]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
