@@ -94,3 +94,60 @@ def test_face_crop_node_runs_in_comfyui(comfy_host):
     comfy_host.run(prompt, timeout=120).check()
     assert sorted(p.name for p in folder.parent.iterdir()) == before
     assert sorted(p.name for p in folder.iterdir()) == names
+
+
+def _upload(host, name: str, blob: bytes, *, kind: str, subfolder: str) -> int:
+    """POST /upload/image as any web page can (the 2024 host accepts it from any origin)."""
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, value in (("type", kind), ("subfolder", subfolder), ("overwrite", "true")):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + blob
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(host.url + "/upload/image", data=body, method="POST")
+    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status
+
+
+def test_a_crafted_report_uploaded_over_http_deletes_nothing_outside_the_dataset(comfy_host, tmp_path):
+    """The attack of the adversarial pass: upload a report.json naming files outside the dataset folder (absolute
+    and ../) into the output folder, queue the crop again: it runs, and those files are still there."""
+    import os
+
+    photos = Path(comfy_host.input_dir) / "likeness_attack"
+    if photos.exists():
+        shutil.rmtree(photos)
+    photos.mkdir(parents=True)
+    Image.fromarray(ASTRONAUT).save(photos / "me.jpg", quality=92)
+    crop = {"folder": "likeness_attack", "instance_prompt": "photo of zwx person", "resolution": 128, "margin": 0.7,
+            "no_face": "skip", "detector": "auto"}  # fmt: skip
+    first = comfy_host.run({"1": {"class_type": "LikenessFaceCropDataset", "inputs": crop}}, timeout=240).check()
+    folder = Path(re.search(r"Dataset folder: (.+)", first.outputs["1"]["text"][0]).group(1))
+    victims = [tmp_path / "victim.txt", Path(comfy_host.input_dir) / "precious.txt"]
+    for v in victims:
+        v.write_text("precious")
+    crafted = {
+        "format": "likeness-facecrop",
+        "key": "someone-else",
+        "images": [
+            {"status": "kept", "output": str(victims[0])},
+            {"status": "kept", "output": os.path.relpath(victims[1], folder)},
+        ],
+        "summary": {"kept": 2},
+    }
+    subfolder = folder.relative_to(Path(comfy_host.output_dir)).as_posix()
+    assert _upload(comfy_host, "report.json", json.dumps(crafted).encode(), kind="output", subfolder=subfolder) == 200
+    assert json.loads((folder / "report.json").read_text())["key"] == "someone-else"
+    again = comfy_host.run({"11": {"class_type": "LikenessFaceCropDataset", "inputs": crop}}, timeout=240).check()
+    assert "1 of 1 photos kept" in again.outputs["11"]["text"][0]
+    assert all(v.read_text() == "precious" for v in victims)
+    assert json.loads((folder / "report.json").read_text())["key"] != "someone-else"
