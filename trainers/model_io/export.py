@@ -166,6 +166,11 @@ def save_diffusers_folder(
     dest = Path(folder)
     if dest.exists() and not overwrite:
         raise OutputExists(f"{dest} already exists; choose another folder or allow overwriting")
+    if dest.exists() and not _is_diffusers_export(dest):
+        raise OutputExists(
+            f"{dest} exists and is not a diffusers folder written by Likeness (it holds other files): it is not "
+            "replaced; move it away or choose another output name"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     torch_dtype = _torch_dtype(dtype)
@@ -187,10 +192,20 @@ def save_diffusers_folder(
         components.noise_scheduler.save_pretrained(tmp / "scheduler")
         index["scheduler"] = ["diffusers", type(components.noise_scheduler).__name__]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if dest.exists():
+        if dest.exists():  # checked above: only the parts a diffusers export consists of
             shutil.rmtree(dest)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+_DIFFUSERS_PARTS = {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"}
+
+
+def _is_diffusers_export(folder: Path) -> bool:
+    """A folder we may replace: a real folder holding a ``model_index.json`` and only a diffusers export's parts."""
+    if folder.is_symlink() or not folder.is_dir() or not (folder / "model_index.json").is_file():
+        return False
+    return {p.name for p in folder.iterdir()} <= _DIFFUSERS_PARTS
