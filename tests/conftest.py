@@ -38,6 +38,17 @@ def import_pack():
     return module
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """2 shared cores: one intra-op thread is several times faster than two fighting ones (and deterministic)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def pack():
     return import_pack()

@@ -47,6 +47,15 @@ def driver():
         d.quit()
 
 
+def _open_page(driver, host) -> None:
+    driver.get(host.url)
+    deadline = time.monotonic() + 60
+    while not driver.execute_script("return !!(window.app && window.app.graph && window.LiteGraph)"):
+        assert time.monotonic() < deadline, "the ComfyUI page did not load"
+        time.sleep(0.2)
+    driver.set_script_timeout(60)
+
+
 def _with_choices(info: dict, workflow: dict) -> dict:
     """``info`` whose combos also list the example's own model-file names (files this test host does not have)."""
     info = copy.deepcopy(info)
@@ -64,12 +73,7 @@ def _with_choices(info: dict, workflow: dict) -> dict:
 @pytest.mark.parametrize("name", NAMES)
 def test_example_loads_in_the_editor_and_queues_what_the_converter_builds(comfy_host, driver, name):
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
-    driver.get(comfy_host.url)
-    deadline = time.monotonic() + 60
-    while not driver.execute_script("return !!(window.app && window.app.graph && window.LiteGraph)"):
-        assert time.monotonic() < deadline, "the ComfyUI page did not load"
-        time.sleep(0.2)
-    driver.set_script_timeout(60)
+    _open_page(driver, comfy_host)
     got = json.loads(driver.execute_async_script(LOAD_JS, workflow))
     assert "error" not in got, got.get("error")
     page = got["ok"]
@@ -101,12 +105,7 @@ def test_workflows_saved_by_likeness_0_1_keep_their_values_after_inputs_changed(
     from test_node_options import _layouts_v0
 
     old = json.loads((Path(__file__).parent / "data" / "workflows_v0" / f"{name}.json").read_text())
-    driver.get(comfy_host.url)
-    deadline = time.monotonic() + 60
-    while not driver.execute_script("return !!(window.app && window.app.graph && window.LiteGraph)"):
-        assert time.monotonic() < deadline, "the ComfyUI page did not load"
-        time.sleep(0.2)
-    driver.set_script_timeout(60)
+    _open_page(driver, comfy_host)
     got = json.loads(driver.execute_async_script(WIDGETS_JS, old))
     assert "error" not in got, got.get("error")
     page, layouts = got["ok"], _layouts_v0()

@@ -20,14 +20,6 @@ from trainers.train.session import Session
 from trainers.train.state import StateError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Steps(Callbacks):
     def __init__(self, on_step=None):
         self.steps: list[int] = []

@@ -10,15 +10,6 @@ from trainers.train import Callbacks, train
 from trainers.train.loop import loss_quarters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two fighting ones (and deterministic)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Recorder(Callbacks):
     def __init__(self):
         self.progress, self.samples, self.status = [], [], []
