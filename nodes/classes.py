@@ -13,6 +13,7 @@ from typing import Any
 
 from ..trainers.classgen import ClassImagesConfig
 from . import bridge
+from .images import files_to_image, image_to_pil
 from .inputs import comfy_inputs, config_from_inputs, node_specs, validator
 
 log = logging.getLogger("likeness")
@@ -44,6 +45,13 @@ def _ui_images(files: list[Path]) -> list[dict[str, str]]:
             return []
         out.append({"filename": p.name, "subfolder": p.parent.relative_to(root).as_posix(), "type": "output"})
     return out
+
+
+def _device_option(device: Any) -> str:
+    """The host's torch device as the engine's ``device`` option (as the training nodes do): a device the engine
+    does not drive (e.g. ``mps``) becomes ``auto``."""
+    kind = getattr(device, "type", str(device))
+    return kind if kind in ("cpu", "cuda") else "auto"
 
 
 class LikenessGenerateClassImages:
@@ -113,7 +121,7 @@ class LikenessGenerateClassImages:
         config = _config(values)  # validated: bad settings fail here, before any work
         output_root = bridge.output_dir()
         if images is not None:
-            result = cg.save_image_batch(images, config, output_root=output_root)
+            result = cg.save_image_batch(image_to_pil(images), config, output_root=output_root)
         else:
             if not hasattr(model, "content_hash"):
                 from ..trainers.errors import ConfigError
@@ -125,7 +133,7 @@ class LikenessGenerateClassImages:
             else:
                 result = self._generate(cg, config, model, plan, output_root, unique_id)
         handle = result.dataset_handle()
-        preview = cg.load_preview(result.files, PREVIEW_COUNT)
+        preview = files_to_image(result.files, PREVIEW_COUNT)
         ui = {
             "images": _ui_images(result.files),
             "likeness_classes": [
@@ -151,7 +159,7 @@ class LikenessGenerateClassImages:
                 model=model,
                 tokenizer=bridge.sd1_tokenizer_path(),
                 output_root=output_root,
-                device=bridge.torch_device(),
+                device=_device_option(bridge.torch_device()),
                 on_image=lambda done, total, path: bar.set(done),  # also the host's Cancel point
                 stop=bridge.interrupted,
             )

@@ -260,12 +260,15 @@ def test_user_folder_refuses_foreign_images_other_settings_and_escapes(tmp_path,
 # --- an image batch made elsewhere -------------------------------------------------------------------------------
 
 
-def test_save_image_batch_stores_a_comfy_image_batch(tmp_path):
+def test_save_image_batch_stores_a_comfy_image_batch(tmp_path, pack):
     import torch
+
+    from likeness_pack.nodes.images import image_to_pil
+    from likeness_pack.trainers.errors import ConfigError as PackConfigError
 
     g = torch.Generator().manual_seed(0)
     batch = torch.rand((3, 40, 48, 3), generator=g)
-    r = save_image_batch(batch, cfg(count=99), output_root=tmp_path)
+    r = save_image_batch(image_to_pil(batch), cfg(count=99), output_root=tmp_path)
     assert (r.count, r.generated, r.reused, r.requested) == (3, 0, 0, 3)
     assert listing(r.folder) == sorted([MANIFEST] + [image_name(k) for k in range(3)])
     expected = (batch[1].numpy() * 255 + 0.5).astype(np.uint8)
@@ -273,9 +276,11 @@ def test_save_image_batch_stores_a_comfy_image_batch(tmp_path):
     handle = r.dataset_handle()
     assert handle.kind == "class" and handle.count == 3 and handle.prompt == "a photo of a dog"
     before = mtimes(r.folder)
-    again = save_image_batch(batch, cfg(), output_root=tmp_path)
+    again = save_image_batch(image_to_pil(batch), cfg(), output_root=tmp_path)
     assert again.folder == r.folder and again.reused == 3 and mtimes(r.folder) == before
-    other = save_image_batch(batch[:2], cfg(), output_root=tmp_path)
+    other = save_image_batch(image_to_pil(batch[:2]), cfg(), output_root=tmp_path)
     assert other.folder != r.folder and other.count == 2
-    with pytest.raises(ConfigError, match="shape"):
-        save_image_batch(torch.rand(4, 4), cfg(), output_root=tmp_path)
+    with pytest.raises(PackConfigError, match="shape"):
+        image_to_pil(torch.rand(4, 4))  # the node converts its IMAGE input before the engine sees it
+    with pytest.raises(ConfigError, match="empty"):
+        save_image_batch([], cfg(), output_root=tmp_path)

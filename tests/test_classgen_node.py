@@ -70,6 +70,31 @@ def test_generate_refuses_bad_settings_before_touching_the_model(pack, node):
         node().generate(model=object(), **{**GOOD, "count": 0})
 
 
+def test_preview_is_the_first_images_at_the_first_ones_size(pack, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from likeness_pack.nodes.classes import PREVIEW_COUNT
+    from likeness_pack.nodes.images import files_to_image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for k, size in enumerate([(40, 32), (24, 24), (40, 32), (64, 48), (40, 32)]):
+        files.append(tmp_path / f"class_{k:05d}.png")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(files[-1])
+    preview = files_to_image(files, PREVIEW_COUNT)
+    assert preview.dtype == torch.float32 and tuple(preview.shape) == (PREVIEW_COUNT, 32, 40, 3)
+    for p, got in zip(files[:PREVIEW_COUNT], preview, strict=True):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (40, 32):
+                im = im.resize((40, 32), Image.Resampling.LANCZOS)
+            assert np.array_equal(got.numpy(), np.asarray(im, dtype=np.float32) / 255.0), p.name
+    empty = files_to_image([], PREVIEW_COUNT)
+    assert tuple(empty.shape) == (1, 64, 64, 3) and empty.dtype == torch.float32 and not empty.any()
+
+
 def test_cli_generates_and_reuses(tmp_path, tiny_checkpoint, capsys):
     import torch
 

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".demo", "run the whole pipeline on embedded defaults (tiny model, sample photos)"),
     "convert": (".model_io.cli", "inspect / convert an SD1.5 checkpoint (single file <-> diffusers)"),
     "crop": (".data.crop_cli", "face-crop a folder of photos into a training dataset"),
-    "classes": (".classgen", "generate (or top up) a prior-preservation class image set"),
+    "classes": (".classgen.cli", "generate (or top up) a prior-preservation class image set"),
     "dreambooth": (".train.cli", "DreamBooth fine-tuning of the whole UNet (and text encoder)"),
     "lora": (".train.cli", "LoRA training on the same engine"),
 }
