@@ -89,6 +89,18 @@ def allowed_roots() -> list[Path]:
     return [input_dir().resolve(), output_dir().resolve()]
 
 
+def check_allowed_folder(path: Path, what: str) -> None:
+    """Refuse a folder outside ComfyUI's input and output folders (after resolving links), unless opted in."""
+    roots = allowed_roots()
+    p = path.resolve()
+    if os.environ.get(ANY_FOLDER_ENV) != "1" and not any(p == r or r in p.parents for r in roots):
+        raise ValueError(
+            f"{what} is outside ComfyUI's input and output folders ({roots[0]}, {roots[1]}); use a folder inside "
+            f"them (type its name), or start ComfyUI with {ANY_FOLDER_ENV}=1 to allow any folder (only on a machine "
+            "nobody else reaches)"
+        )
+
+
 def resolve_input_folder(folder: str) -> Path:
     """A user-typed folder, checked before anything walks it: a relative name is inside ComfyUI's input folder; an
     absolute path must be inside the input or output folder, unless the server sets LIKENESS_ALLOW_ANY_FOLDER=1.
@@ -99,12 +111,7 @@ def resolve_input_folder(folder: str) -> Path:
     p = Path(raw).expanduser()
     roots = allowed_roots()
     p = (roots[0] / p).resolve() if not p.is_absolute() else p.resolve()
-    if os.environ.get(ANY_FOLDER_ENV) != "1" and not any(p == r or r in p.parents for r in roots):
-        raise ValueError(
-            f"folder '{folder}' is outside ComfyUI's input and output folders ({roots[0]}, {roots[1]}); put the "
-            f"photos in a folder inside input/ and type its name, or start ComfyUI with {ANY_FOLDER_ENV}=1 to allow "
-            "any folder (only on a machine nobody else reaches)"
-        )
+    check_allowed_folder(p, f"folder '{folder}'")
     if not p.exists():
         raise FileNotFoundError(f"folder '{p}' does not exist; create it and put your photos in it")
     if not p.is_dir():

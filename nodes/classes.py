@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trainers.classgen import ClassImagesConfig
+from ..trainers.errors import ConfigError
 from . import bridge
 from .images import files_to_image, image_to_pil
 from .inputs import comfy_inputs, config_from_inputs, node_specs, validator
@@ -29,7 +30,14 @@ def _classgen():
 
 
 def _config(values: dict[str, Any]):
-    return config_from_inputs(ClassImagesConfig, values, TITLE)
+    config = config_from_inputs(ClassImagesConfig, values, TITLE)
+    folder = (config.output_folder or "").strip()
+    if folder and Path(folder).expanduser().is_absolute():
+        try:  # a server started with --listen must not write wherever a request says
+            bridge.check_allowed_folder(Path(folder), "option 'output_folder'")
+        except ValueError as e:
+            raise ConfigError(f"{TITLE}: {e}") from None
+    return config
 
 
 def _ui_images(files: list[Path]) -> list[dict[str, str]]:

@@ -228,11 +228,13 @@ def test_components_are_hashed_when_no_key_is_given(tmp_path, tiny_components):
 def test_stale_temporary_files_are_removed(tmp_path, tiny_components):
     plan = plan_class_set(cfg(count=1), KEY, tmp_path)
     plan.folder.mkdir(parents=True)
-    stale = plan.folder / f".{image_name(0)}.abc123.part"
+    stale = plan.folder / f".{image_name(0)}.abc123de.part"  # what atomic_path's mkstemp leaves when killed
     stale.write_bytes(b"half a png")
+    foreign = plan.folder / ".notes.part"  # not a name we make: left alone
+    foreign.write_bytes(b"mine")
     r = generate_class_images(cfg(count=1), components=tiny_components, model_key=KEY, output_root=tmp_path)
-    assert r.generated == 1
-    assert listing(r.folder) == sorted([MANIFEST, image_name(0)])
+    assert r.generated == 1 and not stale.exists() and foreign.exists()
+    assert listing(r.folder) == sorted([".notes.part", MANIFEST, image_name(0)])
 
 
 # --- user folders ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ loading anything. Image ``k`` of a set is ``class_{k:05d}.png``; surplus images 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -251,14 +252,18 @@ def _check_owner(folder: Path, key: str) -> None:
             )
 
 
+_PART_RE = re.compile(r"^\.class_\d{5,}\.png\.[A-Za-z0-9_]{8}\.part$")  # atomic_path's name for an image
+
+
 def _clean_temp(folder: Path) -> None:
-    """Remove temporary files a killed process may have left (``.class_00012.png.xxxx.part``)."""
+    """Remove temporary files a killed process may have left (``.class_00012.png.xxxxxxxx.part``: our own names)."""
     for d in (folder, folder / SPARE):
         if d.is_dir():
-            for p in d.glob(".*.part"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    log.info("removed an unfinished file %s", p)
+            for p in d.iterdir():
+                if _PART_RE.match(p.name) and p.is_file() and not p.is_symlink():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        log.info("removed an unfinished file %s", p)
 
 
 def _arrange(folder: Path, count: int) -> None:
@@ -372,7 +377,15 @@ def _result(plan: ClassSetPlan, generated: int, stopped: bool, t0: float) -> Cla
 
 
 def _save_png(image, dest: Path) -> None:
-    """Write a PIL image as ``dest`` through a temporary file (never half an image)."""
-    with atomic_path(dest, overwrite=True) as tmp:
-        image.save(tmp, format="PNG")
-        tmp.chmod(0o644)  # the temporary file is private; the image is an ordinary output file
+    """Write a PIL image as ``dest`` through a temporary file (never half an image); a full disk is one line."""
+    try:
+        with atomic_path(dest, overwrite=True) as tmp:
+            image.save(tmp, format="PNG")
+            tmp.chmod(0o644)  # the temporary file is private; the image is an ordinary output file
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise ConfigError(
+                f"disk full in {dest.parent}: class image {dest.name} could not be written; the images made so far "
+                "are kept: free some space and run again to continue the set"
+            ) from None
+        raise ConfigError(f"cannot write class image {dest} ({e.strerror or e}); check the folder") from None

@@ -89,32 +89,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     - Zero-byte, truncated, corrupt and non-image files are refused.
     """
     p = Path(path)
-    if p.suffix.lower() in (".heic", ".heif"):
-        _register_heif()
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
-    if size == 0:
-        raise DatasetError(f"{p}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # Our own limit below is the one that applies; Pillow's global is left untouched for other code.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
-    except Image.DecompressionBombError as e:
-        raise DatasetError(f"{p}: refused, too many pixels to decode safely ({e})") from None
-    except UnidentifiedImageError:
-        plugin = _NEEDS_PLUGIN.get(p.suffix.lower())
-        if plugin:
-            raise DatasetError(
-                f"{p}: a {p.suffix.lstrip('.').upper()} photo this install cannot read; install {plugin} "
-                "('pip install pillow-heif' in ComfyUI's Python) or export the photo as JPEG"
-            ) from None
-        raise DatasetError(f"{p}: not an image (or a format Pillow cannot read)") from None
-    except OSError as e:
-        raise DatasetError(f"{p}: cannot be opened ({e})") from None
-    with im:
+    with _open(p) as im:
         w, h = im.size
         if w * h > max_pixels:
             raise DatasetError(
@@ -146,6 +121,35 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
                 reason = f"truncated or damaged file ({reason})"
             raise DatasetError(f"{p}: cannot be decoded: {reason}") from None
     return LoadedImage(image=out, source_mode=mode, source_format=fmt, notes=notes)
+
+
+def _open(p: Path) -> Image.Image:
+    """``Image.open`` with every way it fails (no file, empty, a format this install cannot read) as a DatasetError."""
+    if p.suffix.lower() in (".heic", ".heif"):
+        _register_heif()
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if size == 0:
+        raise DatasetError(f"{p}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below is the one that applies; Pillow's global is left untouched for other code.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(p)
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{p}: refused, too many pixels to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        plugin = _NEEDS_PLUGIN.get(p.suffix.lower())
+        if plugin:
+            raise DatasetError(
+                f"{p}: a {p.suffix.lstrip('.').upper()} photo this install cannot read; install {plugin} "
+                "('pip install pillow-heif' in ComfyUI's Python) or export the photo as JPEG"
+            ) from None
+        raise DatasetError(f"{p}: not an image (or a format Pillow cannot read)") from None
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot be opened ({e})") from None
 
 
 def _register_heif() -> None:
