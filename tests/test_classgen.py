@@ -25,17 +25,6 @@ from trainers.errors import ConfigError
 KEY = "tiny-model"  # model_key for in-memory components (skips hashing the weights in most tests)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two fighting ones."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg(**kw) -> ClassImagesConfig:
     base = dict(class_prompt="a photo of a dog", count=3, resolution=32, steps=2, batch_size=2, sampler="euler_a")
     base.update(kw)
