@@ -200,3 +200,40 @@ def test_full_disk_in_the_crop_is_one_line_naming_the_folder(tmp_path, monkeypat
             build_dataset(CropConfig(resolution=256), input_folder=photos, output_folder=disk / "set")
         assert str(disk) in str(e.value)
         assert not [p for p in disk.rglob("*") if p.name.startswith(".")]  # the staging folder is gone
+
+
+def test_an_over_long_name_is_refused_with_the_limit(tmp_path):
+    from trainers.errors import ConfigError
+    from trainers.fsutil import MAX_NAME_BYTES, safe_name
+
+    assert safe_name("a" * MAX_NAME_BYTES) == "a" * MAX_NAME_BYTES
+    with pytest.raises(ConfigError, match=f"at most {MAX_NAME_BYTES}"):
+        safe_name("a" * 250)  # over what a file system allows once our suffixes are added (255 bytes a name)
+    (tmp_path / ("b" * MAX_NAME_BYTES + ".likeness.json")).write_text("{}")  # our longest suffix still fits
+
+
+def test_is_changed_refuses_a_folder_outside_comfyui_before_walking_it(pack, tmp_path, monkeypatch):
+    """Typing /usr (or /) into a folder input must not make the queue walk the disk."""
+    from likeness_pack.nodes import bridge
+    from likeness_pack.trainers import fsutil
+
+    monkeypatch.setattr(bridge, "input_dir", lambda: tmp_path / "input")
+    monkeypatch.setattr(bridge, "output_dir", lambda: tmp_path / "output")
+    walked = []
+    monkeypatch.setattr(fsutil.os, "walk", lambda *a, **k: walked.append(a) or iter(()))
+    for folder in ("/usr", "/", "../../etc"):
+        stamp = bridge.input_folder_stamp(folder)
+        assert stamp.startswith("error:") and "outside ComfyUI's input and output folders" in stamp
+    assert walked == []
+
+
+def test_a_folder_stamp_walks_a_bounded_number_of_entries(tmp_path):
+    from trainers.fsutil import folder_stamp
+
+    for i in range(30):
+        (tmp_path / f"{i:03d}.png").write_bytes(b"x")
+    small = folder_stamp(tmp_path, limit=10)
+    (tmp_path / "029.png").write_bytes(b"changed")  # beyond the limit: not looked at
+    assert folder_stamp(tmp_path, limit=10) == small
+    (tmp_path / "000.png").write_bytes(b"changed")  # within it
+    assert folder_stamp(tmp_path, limit=10) != small
