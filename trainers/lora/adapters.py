@@ -157,7 +157,7 @@ def add_adapters(
 def _slots(module: nn.Module) -> list[tuple[str, object]]:
     """(name, ParameterDict/ModuleDict entry) of every adapter tensor slot this layer holds for our adapter."""
     out = []
-    for slot in getattr(module, "adapter_layer_names", ()):
+    for slot in dict.fromkeys(getattr(module, "adapter_layer_names", ())):  # peft lists DoRA's slot twice
         holder = getattr(module, slot, None)
         if isinstance(holder, (nn.ParameterDict, nn.ModuleDict)) and ADAPTER in holder:
             out.append((slot, holder[ADAPTER]))

@@ -116,8 +116,9 @@ class LoRATrain:
             [("text_encoder", components.text_encoder)] if self.train_text_encoder else []
         )
         for prefix, module in parts:
+            trained = {id(p) for p in adapters.lora_parameters(module)}  # every adapter type's tensors (DoRA too)
             for name, p in module.named_parameters():
-                if ".lora_A." in name or ".lora_B." in name:
+                if id(p) in trained:
                     out[f"{prefix}.{name}"] = p
         return out
 
