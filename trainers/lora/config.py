@@ -11,7 +11,7 @@ Defaults for a face LoRA on SD1.5 and where they come from:
   resnet convolutions are opt-in (``lora_layers``);
 - text encoder adapters on (``train_text_encoder``): for faces, as for DreamBooth, it helps the new token;
 - adapter type ``lora`` (the one every loader applies the same way); ``loha`` / ``lokr`` are the LyCORIS types
-  (KohakuBlueleaf et al., arXiv:2309.14859: LoHa from FedPara, arXiv:2108.06098; LoKr from KronA, arXiv:2212.10650),
+  (Yeh et al., arXiv:2309.14859: LoHa from FedPara, arXiv:2108.06098; LoKr from KronA, arXiv:2212.10650),
   ``dora`` the weight-decomposed LoRA (Liu et al. 2024, arXiv:2402.09353), all trained through peft;
   ``lokr_factor`` -1 is peft's and LyCORIS' default (each dimension split as near its square root as possible);
 - ``continue_from``: an existing LoRA file (ours, kohya's or LyCORIS', diffusers- or LDM-style layer names) is the
