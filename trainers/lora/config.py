@@ -30,9 +30,10 @@ from ..train.config import TrainConfig
 LAYER_SETS = ("attention", "attention_ff", "all")  # = adapters.LAYER_SETS (kept here to stay torch-free)
 LORA_TYPES = ("lora", "loha", "lokr")  # = weights.KINDS
 DORA_HOSTS = (
-    "ComfyUI applies it from 2025-04 on (output-axis DoRA; its 2024-03 release ignores the dora_scale keys, 'lora "
-    "key not loaded', and applies a plain LoRA), Forge from 2025-05; A1111 applies DoRA on the input axis only, so "
-    "there the file is not applied as trained"
+    "ComfyUI applies it from 2025-04 on (output-axis DoRA; up to 0.3.64 at least normalised by the base weight, "
+    "close to but not exactly as trained; its 2024-03 release ignores the dora_scale keys, 'lora key not loaded', "
+    "and applies the LoRA part alone), Forge from 2025-05; A1111 applies DoRA on the input axis only, so there the "
+    "file is not applied as trained"
 )
 
 
