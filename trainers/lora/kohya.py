@@ -11,7 +11,15 @@ A loader applies ``strength * alpha / rank * up @ down``. ``alpha`` is stored in
 by default. The safetensors header carries kohya's ``ss_*`` training metadata (shown by A1111's LoRA metadata
 viewer) and ``sshs_model_hash``, the hash A1111 uses for the file (sha256 of everything after the header).
 
-A second, optional format is diffusers/peft (``unet.<module>.lora_A.weight`` with ``lora_adapter_metadata``).
+The LyCORIS types use the same layer names with their own suffixes (what ComfyUI's LoraLoader, A1111/Forge and
+LyCORIS read): LoHa ``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` + ``alpha``; LoKr ``lokr_w1`` and
+``lokr_w2`` or ``lokr_w2_a`` / ``lokr_w2_b`` + ``alpha``; DoRA is a LoRA group plus ``dora_scale`` (the magnitude per
+output channel, shape ``(out, 1[, 1, 1])``: the output axis, as peft trains it). Their header says
+``ss_network_module = lycoris.kohya`` with ``algo`` (and ``dora_wd`` / ``wd_on_output``) in ``ss_network_args``.
+
+The reader also takes LDM-style UNet names (``lora_unet_input_blocks_1_1_proj_in``, as some trainers write them) and
+maps them onto the diffusers modules. A second, optional format is diffusers/peft (``unet.<module>.lora_A.weight``
+with ``lora_adapter_metadata``), for plain LoRA and DoRA (what diffusers' ``load_lora_weights`` reads for SD1.5).
 """
 
 from __future__ import annotations
@@ -29,16 +37,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fsutil import atomic_path
-from .adapters import LoraWeights, te_canonical
+from .adapters import te_canonical
+from .weights import SUFFIXES, UNSUPPORTED, LayerWeights, LoraWeights, from_file_group
 
 log = logging.getLogger(__name__)
 
 UNET_PREFIX = "lora_unet_"
 TE_PREFIX = "lora_te_"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+DIFFUSERS_TYPES = (
+    "save_diffusers writes the diffusers/peft LoRA format, which diffusers' load_lora_weights reads for plain LoRA "
+    "and DoRA on SD1.5, not for LoHa or LoKr: turn save_diffusers off (the kohya file loads in ComfyUI and A1111/Forge)"
+)
 
 
 def kohya_name(prefix: str, module_name: str) -> str:
@@ -53,11 +65,11 @@ def kohya_name(prefix: str, module_name: str) -> str:
 
 
 def to_state_dict(
-    unet: Mapping[str, LoraWeights],
-    text_encoder: Mapping[str, LoraWeights] | None = None,
+    unet: Mapping[str, LayerWeights],
+    text_encoder: Mapping[str, LayerWeights] | None = None,
     dtype: str = "fp16",
 ) -> dict[str, torch.Tensor]:
-    """Kohya-format tensors for the adapted UNet (and text encoder) layers."""
+    """Kohya/LyCORIS-format tensors for the adapted UNet (and text encoder) layers."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown LoRA dtype {dtype!r}; choose one of {tuple(DTYPES)}")
     tdtype = DTYPES[dtype]
@@ -65,10 +77,10 @@ def to_state_dict(
     for prefix, weights in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder or {})):
         for name, w in weights.items():
             key = kohya_name(prefix, name)
-            if key + ".lora_down.weight" in out:
+            if key + ".alpha" in out:
                 raise ValueError(f"two layers map to the same LoRA key {key}")
-            out[key + ".lora_down.weight"] = w.down.detach().to("cpu", tdtype).contiguous()
-            out[key + ".lora_up.weight"] = w.up.detach().to("cpu", tdtype).contiguous()
+            for suffix, t in w.file_tensors().items():
+                out[f"{key}.{suffix}"] = t.detach().to("cpu", tdtype).contiguous()
             out[key + ".alpha"] = torch.tensor(float(w.alpha), dtype=torch.float32)
     return out
 
@@ -131,6 +143,9 @@ class TrainingFacts:
     rank: int
     alpha: float
     layers: str = "attention"
+    lora_type: str = "lora"  # lora | loha | lokr
+    dora: bool = False
+    lokr_factor: int = -1
     train_text_encoder: bool = False
     dropout: float = 0.0
     output_name: str = ""
@@ -201,12 +216,19 @@ def training_metadata(facts: TrainingFacts) -> dict[str, str]:
 
 def _network_metadata(facts: TrainingFacts) -> dict[str, str]:
     network_args: dict[str, str] = {}
+    lycoris = facts.lora_type != "lora" or facts.dora
+    if lycoris:  # LyCORIS' own keys: its loaders and metadata viewers read the algorithm from here
+        network_args["algo"] = facts.lora_type
     if facts.layers == "all":
         network_args.update(conv_dim=str(facts.rank), conv_alpha=_s(facts.alpha))
     if facts.dropout:
         network_args["dropout"] = _s(facts.dropout)
+    if facts.lora_type == "lokr":
+        network_args["factor"] = str(facts.lokr_factor)
+    if facts.dora:
+        network_args.update(dora_wd="True", wd_on_output="True")  # the magnitude is per output channel (peft)
     return {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if lycoris else "networks.lora",
         "ss_network_dim": _s(facts.rank),
         "ss_network_alpha": _s(facts.alpha),
         "ss_network_dropout": _s(facts.dropout),
@@ -267,8 +289,8 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
 
 def save_kohya(
     path: str | Path,
-    unet: Mapping[str, LoraWeights],
-    text_encoder: Mapping[str, LoraWeights] | None = None,
+    unet: Mapping[str, LayerWeights],
+    text_encoder: Mapping[str, LayerWeights] | None = None,
     *,
     metadata: Mapping[str, str] | None = None,
     dtype: str = "fp16",
@@ -291,23 +313,26 @@ def save_kohya(
 class KohyaFile:
     """A LoRA file as read: layer groups by kohya name (``lora_unet_…`` / ``lora_te_…``) and the header metadata."""
 
-    layers: dict[str, LoraWeights]
+    layers: dict[str, LayerWeights]
     metadata: dict[str, str]
 
     @property
-    def unet_layers(self) -> dict[str, LoraWeights]:
+    def unet_layers(self) -> dict[str, LayerWeights]:
         return {k: v for k, v in self.layers.items() if k.startswith(UNET_PREFIX)}
 
     @property
-    def text_encoder_layers(self) -> dict[str, LoraWeights]:
+    def text_encoder_layers(self) -> dict[str, LayerWeights]:
         return {k: v for k, v in self.layers.items() if k.startswith(TE_PREFIX)}
 
+    @property
+    def kinds(self) -> set[str]:
+        """The adapter types in the file: "lora", "dora", "loha", "lokr"."""
+        return {"dora" if w.dora else w.kind for w in self.layers.values()}
 
-def read_kohya(path: str | Path) -> KohyaFile:
-    """Read a kohya-format LoRA; raises CheckpointError naming the file for anything that is not one."""
+
+def _open_tensors(p: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"LoRA file {p} does not exist")
     try:
@@ -316,57 +341,98 @@ def read_kohya(path: str | Path) -> KohyaFile:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except Exception as e:  # noqa: BLE001 - any parse error is a bad file
         raise CheckpointError(f"LoRA file {p} is not a readable .safetensors file: {e}") from None
+    return metadata, tensors
+
+
+def _groups(p: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors grouped by layer (kohya names have no dots: the layer is everything before the first one)."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        for suf in _SUFFIXES:
-            if key.endswith(suf):
-                groups.setdefault(key[: -len(suf)], {})[suf] = t
-                break
-        else:
+        name, _, suffix = key.partition(".")
+        if suffix in UNSUPPORTED:
+            raise CheckpointError(
+                f"LoRA file {p}: key {key!r} is {UNSUPPORTED[suffix]}, which Likeness cannot read or train; "
+                "use a plain LoRA/LoCon, LoHa, LoKr or DoRA file"
+            )
+        if suffix not in SUFFIXES:
             raise CheckpointError(
                 f"LoRA file {p}: key {key!r} is not kohya LoRA format (expected <name>.lora_down.weight, "
-                ".lora_up.weight, .alpha)"
+                ".lora_up.weight, .alpha, or the LyCORIS LoHa/LoKr/DoRA keys)"
             )
+        groups.setdefault(name, {})[suffix] = t
+    return groups
+
+
+def read_kohya(path: str | Path) -> KohyaFile:
+    """Read a kohya/LyCORIS-format LoRA (LoRA, DoRA, LoHa, LoKr); raises CheckpointError naming the file for
+    anything that is not one."""
+    p = Path(path)
+    metadata, tensors = _open_tensors(p)
     layers = {}
-    for name, g in groups.items():
-        if ".lora_down.weight" not in g or ".lora_up.weight" not in g:
-            raise CheckpointError(f"LoRA file {p}: layer {name} lacks its lora_down or lora_up weight")
-        down, up = g[".lora_down.weight"], g[".lora_up.weight"]
-        rank = down.shape[0]
-        if up.shape[1] != rank:
-            raise CheckpointError(f"LoRA file {p}: layer {name} has rank {rank} down but {up.shape[1]} up")
-        alpha = float(g[".alpha"].item()) if ".alpha" in g else float(rank)
-        layers[name] = LoraWeights(down=down, up=up, alpha=alpha)
+    for name, group in _groups(p, tensors).items():
+        try:
+            layers[name] = from_file_group(group)
+        except ValueError as e:
+            raise CheckpointError(f"LoRA file {p}: layer {name} {e}") from None
     return KohyaFile(layers=layers, metadata=metadata)
+
+
+_PEFT_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector", "lora_embedding_A",
+               "lora_embedding_B"}  # fmt: skip
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    """Module names of the Linear/Conv2d layers of ``model`` (a peft-wrapped layer by its wrapper's name)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if (isinstance(m, (nn.Linear, nn.Conv2d)) or hasattr(m, "base_layer"))
+        and not _PEFT_PARTS.intersection(name.split("."))
+    ]
 
 
 def module_map(model: nn.Module, prefix: str) -> dict[str, str]:
     """kohya name -> module name for every Linear/Conv2d of ``model``."""
-    return {
-        kohya_name(prefix, name): name
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d)) or hasattr(m, "base_layer")
-    }
+    return {kohya_name(prefix, name): name for name in _layer_names(model)}
 
 
-_LDM_HINT = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks)_")
+def ldm_module_map(unet: nn.Module) -> dict[str, str]:
+    """LDM-style kohya name (``lora_unet_input_blocks_1_1_proj_in``) -> diffusers module name, for every layer of a
+    diffusers SD1.x UNet (from the same key table the checkpoint reader uses)."""
+    from ..model_io.convert import UNET_PREFIX as LDM_UNET
+    from ..model_io.convert import unet_table
+
+    config = getattr(unet, "config", None)
+    if config is None or "down_block_types" not in config:
+        return {}
+    out = {}
+    for name in _layer_names(unet):
+        try:
+            ldm = unet_table(config, [name + ".weight"]).to_ldm[name + ".weight"]
+        except (KeyError, ValueError):
+            continue  # a layer without an LDM name
+        out[UNET_PREFIX + ldm.removeprefix(LDM_UNET).removesuffix(".weight").replace(".", "_")] = name
+    return out
 
 
 def resolve(
     lora: KohyaFile, unet: nn.Module | None = None, text_encoder: nn.Module | None = None, source: str = "LoRA"
-) -> tuple[dict[str, LoraWeights], dict[str, LoraWeights]]:
+) -> tuple[dict[str, LayerWeights], dict[str, LayerWeights]]:
     """Map a file's kohya names onto the modules of a diffusers UNet / CLIP text encoder.
 
-    Returns (unet layers, text encoder layers) by module name. Every key must land on a layer of the given models;
-    otherwise a CheckpointError lists what did not (never a silent half-load).
+    Returns (unet layers, text encoder layers) by module name. UNet names may be diffusers-style (kohya's) or
+    LDM-style (``lora_unet_input_blocks_…``): both are mapped onto the diffusers modules. Every key must land on a
+    layer of the given models; otherwise a CheckpointError lists what did not (never a silent half-load).
     """
-    unet_out: dict[str, LoraWeights] = {}
-    te_out: dict[str, LoraWeights] = {}
-    umap = module_map(unet, UNET_PREFIX) if unet is not None else {}
+    unet_out: dict[str, LayerWeights] = {}
+    te_out: dict[str, LayerWeights] = {}
+    umap = {**ldm_module_map(unet), **module_map(unet, UNET_PREFIX)} if unet is not None else {}
     tmap = module_map(text_encoder, TE_PREFIX) if text_encoder is not None else {}
     missed = []
     for key, w in lora.layers.items():
         if key in umap:
+            if umap[key] in unet_out:
+                raise CheckpointError(f"{source}: two LoRA layers (LDM and diffusers names) target {umap[key]}")
             unet_out[umap[key]] = w
         elif key in tmap:
             te_out[tmap[key]] = w
@@ -375,8 +441,10 @@ def resolve(
         else:
             missed.append(key)
     if missed:
-        hint = " (LDM-style UNet names are not supported here)" if any(_LDM_HINT.match(k) for k in missed) else ""
-        raise CheckpointError(f"{source}: {len(missed)} LoRA layers match no model layer{hint}, e.g. {missed[:3]}")
+        raise CheckpointError(
+            f"{source}: {len(missed)} LoRA layers match no model layer of this SD1.5 model (is it a LoRA for "
+            f"another model, e.g. SDXL?), e.g. {missed[:3]}"
+        )
     return unet_out, te_out
 
 
@@ -385,6 +453,7 @@ def resolve(
 
 
 def _adapter_config(weights: Mapping[str, LoraWeights], dropout: float) -> dict[str, Any]:
+    """peft's ``LoraConfig`` (as a dict) for these layers, one per model part."""
     # peft matches list targets as "name or a suffix after a dot": text encoder names without "text_model." fit
     # both the transformers 4 and 5 module trees.
     weights = {n.removeprefix("text_model."): w for n, w in weights.items()}
@@ -401,7 +470,7 @@ def _adapter_config(weights: Mapping[str, LoraWeights], dropout: float) -> dict[
         "alpha_pattern": {re.escape(n): float(w.alpha) for n, w in weights.items() if float(w.alpha) != a},
         "bias": "none",
         "init_lora_weights": True,
-        "use_dora": False,
+        "use_dora": any(w.dora for w in weights.values()),
         "use_rslora": False,
         "peft_type": "LORA",
     }
@@ -417,7 +486,8 @@ def save_diffusers(
     dtype: str = "fp16",
     overwrite: bool = False,
 ) -> Path:
-    """Write the diffusers/peft LoRA format (``pytorch_lora_weights.safetensors`` style, one file)."""
+    """Write the diffusers/peft LoRA format (``pytorch_lora_weights.safetensors`` style, one file): plain LoRA or
+    DoRA (``lora_magnitude_vector`` in peft's shapes); LoHa/LoKr are refused (diffusers does not load them for SD1.5)."""
     from safetensors.torch import save
 
     tdtype = DTYPES[dtype]
@@ -427,9 +497,16 @@ def save_diffusers(
         if not weights:
             continue
         for name, w in weights.items():
+            if not isinstance(w, LoraWeights):
+                raise ConfigError(DIFFUSERS_TYPES)
             name = te_canonical(name) if prefix == "text_encoder" else name
             tensors[f"{prefix}.{name}.lora_A.weight"] = w.down.detach().to("cpu", tdtype).contiguous()
             tensors[f"{prefix}.{name}.lora_B.weight"] = w.up.detach().to("cpu", tdtype).contiguous()
+            if w.dora_scale is not None:  # peft's magnitude: (out,) for a linear layer, (1, out, 1, 1) for a conv
+                mag = w.dora_scale.detach().to("cpu", tdtype).flatten()
+                tensors[f"{prefix}.{name}.lora_magnitude_vector"] = (
+                    mag.reshape(1, -1, 1, 1) if w.down.dim() == 4 else mag
+                ).contiguous()
         adapter_md.update({f"{prefix}.{k}": v for k, v in _adapter_config(weights, dropout).items()})
     md = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter_md, sort_keys=True)}
     md.update({k: _s(v) for k, v in (metadata or {}).items()})

@@ -9,6 +9,7 @@ file (and optionally the diffusers one) with kohya-style ``ss_*`` metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -17,13 +18,16 @@ import torch
 
 from ..train.strategy import ParamGroup, RunContext, text_encoder_lr
 from . import adapters
+from .config import check_shape
 from .kohya import TrainingFacts, base_model_hashes, save_diffusers, save_kohya, tag_frequency, training_metadata
+from .start import StartLoRA, add_start, layer_set_of, read_start
 
 log = logging.getLogger(__name__)
 
 
 class LoRATrain:
-    """LoRA adapters on the UNet (and the text encoder when ``train_text_encoder``); everything else frozen."""
+    """Adapters (LoRA, DoRA, LoHa, LoKr) on the UNet (and the text encoder when ``train_text_encoder``), or the
+    layers of the LoRA file the run continues (``continue_from``); everything else frozen."""
 
     name = "lora"
 
@@ -31,6 +35,9 @@ class LoRATrain:
         self.train_text_encoder = False
         self.unet_layers: list[str] = []
         self.te_layers: list[str] = []
+        self.start: StartLoRA | None = None  # the LoRA this run continues
+        self.frozen_te: dict = {}  # the continued file's text-encoder layers when they do not train
+        self.kind, self.dora, self.rank, self.alpha, self.lokr_factor, self.layer_set = "lora", False, 0, 0.0, -1, ""
 
     def prepare(self, components, config, ctx: RunContext) -> list[ParamGroup]:
         self.train_text_encoder = bool(config.train_text_encoder)
@@ -38,39 +45,62 @@ class LoRATrain:
         for module in (c.unet, c.text_encoder, c.vae):
             module.requires_grad_(False)
         dtype = ctx.placement.frozen_dtype  # the base stays frozen: compute precision on a GPU, fp32 on the CPU
-        self.unet_layers = adapters.unet_target_names(c.unet, config.lora_layers)
-        adapters.add_adapters(
-            c.unet, self.unet_layers, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout
-        )
-        adapters.freeze_base(c.unet, dtype)
+        if config.continue_from:
+            self._continue(c, config)
+        else:
+            self._fresh(c, config)
+        adapters.freeze_base(c.unet, dtype)  # adapter values are kept exactly through the cast
         groups: list[ParamGroup] = [
             {"name": "unet", "params": adapters.lora_parameters(c.unet), "lr": config.learning_rate}
         ]
-        if self.train_text_encoder:
-            self.te_layers = adapters.text_encoder_target_names(c.text_encoder, config.lora_layers)
-            adapters.add_adapters(
-                c.text_encoder,
-                self.te_layers,
-                rank=config.lora_rank,
-                alpha=config.lora_alpha,
-                dropout=config.lora_dropout,
-            )
+        if self.te_layers:
             adapters.freeze_base(c.text_encoder, dtype)
-            groups.append(
-                {
-                    "name": "text_encoder",
-                    "params": adapters.lora_parameters(c.text_encoder),
-                    "lr": text_encoder_lr(config),
-                }
-            )
         elif dtype != torch.float32:
             c.text_encoder.to(dtype)
+        if self.train_text_encoder:
+            params = adapters.lora_parameters(c.text_encoder)
+            groups.append({"name": "text_encoder", "params": params, "lr": text_encoder_lr(config)})
+        else:  # a continued file's text-encoder layers stay as they are
+            for p in adapters.lora_parameters(c.text_encoder):
+                p.requires_grad_(False)
         n = sum(p.numel() for g in groups for p in g["params"])
         log.info(
-            "LoRA rank %d alpha %g on %d UNet + %d text encoder layers: %.2f M trainable parameters, base in %s",
-            config.lora_rank, config.lora_alpha, len(self.unet_layers), len(self.te_layers), n / 1e6, dtype,
+            "%s rank %d alpha %g on %d UNet + %d text encoder layers: %.2f M trainable parameters, base in %s",
+            self.describe(), self.rank, self.alpha, len(self.unet_layers), len(self.te_layers), n / 1e6, dtype,
         )  # fmt: skip
         return groups
+
+    def describe(self) -> str:
+        return {"lora": "DoRA" if self.dora else "LoRA", "loha": "LoHa", "lokr": "LoKr"}[self.kind]
+
+    def _fresh(self, c, config) -> None:
+        """New adapters of the configured type on the configured layers."""
+        self.kind, self.dora, self.lokr_factor = config.lora_type, bool(config.dora), int(config.lokr_factor)
+        self.rank, self.alpha, self.layer_set = int(config.lora_rank), float(config.lora_alpha), config.lora_layers
+        shape = dict(rank=self.rank, alpha=self.alpha, dropout=config.lora_dropout, kind=self.kind, dora=self.dora,
+                     lokr_factor=self.lokr_factor)  # fmt: skip
+        self.unet_layers = adapters.unet_target_names(c.unet, config.lora_layers)
+        adapters.add_adapters(c.unet, self.unet_layers, **shape)
+        if self.train_text_encoder:
+            self.te_layers = adapters.text_encoder_target_names(c.text_encoder, config.lora_layers)
+            adapters.add_adapters(c.text_encoder, self.te_layers, **shape)
+
+    def _continue(self, c, config) -> None:
+        """The layers of the file being continued, with its weights: type, rank and alpha come from the file."""
+        s = self.start = read_start(config.continue_from, c.unet, c.text_encoder)
+        self.kind, self.dora, self.rank, self.alpha, self.lokr_factor = s.kind, s.dora, s.rank, s.alpha, s.lokr_factor
+        if self.train_text_encoder and not s.text_encoder:
+            log.warning("%s has no text-encoder layers: only its UNet layers train", s.path.name)
+            self.train_text_encoder = False
+        check_shape(s.kind, s.dora, dataclasses.replace(config, train_text_encoder=bool(s.text_encoder)))
+        self.layer_set = layer_set_of(c.unet, list(s.unet))
+        self.unet_layers = list(s.unet)
+        add_start(c.unet, s.unet, s, config.lora_dropout)
+        if s.text_encoder:
+            self.te_layers = list(s.text_encoder)
+            add_start(c.text_encoder, s.text_encoder, s, config.lora_dropout)
+            if not self.train_text_encoder:
+                self.frozen_te = dict(s.text_encoder)
 
     def trainable_modules(self, components) -> dict[str, torch.nn.Module]:
         modules = {"unet": components.unet}
@@ -86,8 +116,9 @@ class LoRATrain:
             [("text_encoder", components.text_encoder)] if self.train_text_encoder else []
         )
         for prefix, module in parts:
+            trained = {id(p) for p in adapters.lora_parameters(module)}  # every adapter type's tensors (DoRA too)
             for name, p in module.named_parameters():
-                if ".lora_A." in name or ".lora_B." in name:
+                if id(p) in trained:
                     out[f"{prefix}.{name}"] = p
         return out
 
@@ -109,7 +140,7 @@ class LoRATrain:
 
     def weights(self, components):
         unet = adapters.get_weights(components.unet)
-        te = adapters.get_weights(components.text_encoder) if self.train_text_encoder else {}
+        te = adapters.get_weights(components.text_encoder) if self.train_text_encoder else dict(self.frozen_te)
         return unet, te
 
     def result_bytes(self, components, config) -> int:
@@ -120,6 +151,9 @@ class LoRATrain:
     def save_result(self, components, path: Path, metadata: dict[str, str], config, ctx: RunContext) -> Path:
         unet, te = self.weights(components)
         md = dict(metadata)
+        if self.start is not None:
+            md["likeness.continued_from"] = self.start.path.name
+            md["likeness.continued_from_sha256"] = config.start_weights_hash()
         md.update(training_metadata(self.facts(config, metadata, Path(path), ctx)))
         out = save_kohya(path, unet, te, metadata=md, dtype=config.save_dtype, overwrite=bool(config.overwrite))
         if getattr(config, "save_diffusers", False):
@@ -136,21 +170,18 @@ class LoRATrain:
 
     def facts(self, config, metadata: dict[str, str], path: Path, ctx: RunContext) -> TrainingFacts:
         base = Path(config.base_model) if config.base_model else None
-        legacy, full = "", metadata.get("likeness.base_model_sha256", "")
-        if base is not None and base.is_file():
-            try:
-                legacy, full2 = base_model_hashes(base)
-                full = full or full2
-            except OSError as e:
-                log.warning("could not hash the base model %s: %s", base, e)
+        legacy, full = _base_hashes(base, metadata.get("likeness.base_model_sha256", ""))
         dirs, tags, n_inst = _dataset_facts(ctx.plan.instance)
         steps = ctx.step
         seen = steps * config.batch_size * config.gradient_accumulation
         n_reg = len(ctx.plan.classes.unique) if ctx.plan.classes is not None else 0
         return TrainingFacts(
-            rank=config.lora_rank,
-            alpha=config.lora_alpha,
-            layers=config.lora_layers,
+            rank=self.rank,
+            alpha=self.alpha,
+            layers=self.layer_set,
+            lora_type=self.kind,
+            dora=self.dora,
+            lokr_factor=self.lokr_factor,
             train_text_encoder=self.train_text_encoder,
             dropout=config.lora_dropout,
             output_name=path.stem,
@@ -185,6 +216,18 @@ class LoRATrain:
             started_at=ctx.started_at,
             finished_at=time.time(),
         )
+
+
+def _base_hashes(base: Path | None, full: str) -> tuple[str, str]:
+    """(legacy 8-hex hash, sha256) of the base model file, as kohya records them ('' when unknown)."""
+    legacy = ""
+    if base is not None and base.is_file():
+        try:
+            legacy, full2 = base_model_hashes(base)
+            full = full or full2
+        except OSError as e:
+            log.warning("could not hash the base model %s: %s", base, e)
+    return legacy, full
 
 
 def diffusers_path(path: str | Path) -> Path:

@@ -39,6 +39,7 @@ PATH_OPTIONS = (
     "output",
     "state_dir",
     "resume_from",
+    "continue_from",  # LoRA: the file a run continues (its content hash is in the weights hash)
 )
 """Options that are locations, not training choices: left out of saved metadata and content hashes."""
 

@@ -8,6 +8,7 @@ trained weights).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,12 @@ def plan(config, *, known_dataset_hash: str | None = None) -> Plan:
 
 
 def weights_hash(config) -> str:
-    """Hash of the options that shape the trained weights (not paths, samples, checkpoint cadence or steps)."""
-    return config_hash(config, exclude=WEIGHTLESS_OPTIONS + ("steps",))
+    """Hash of the options that shape the trained weights (not paths, samples, checkpoint cadence or steps), and of
+    the weights a run starts from when its config names some (``start_weights_hash``: a LoRA being continued)."""
+    options = config_hash(config, exclude=WEIGHTLESS_OPTIONS + ("steps",))
+    start = getattr(config, "start_weights_hash", None)
+    start = start() if callable(start) else ""
+    return hashlib.sha256(f"{options}:{start}".encode()).hexdigest() if start else options
 
 
 def metadata_config(config) -> dict[str, Any]:
