@@ -6,15 +6,19 @@ of the same model look like a new one."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-META = {f"likeness.note_{i:02d}": f"value {i} \"quoted\" é\n" for i in range(12)}
+META = {f"likeness.note_{i:02d}": f'value {i} "quoted" é\n' for i in range(12)}
 
 
 def _header(path) -> dict:
-    blob = open(path, "rb").read()
+    blob = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", blob[:8])
     return json.loads(blob[8 : 8 + n])
 
@@ -33,6 +37,27 @@ def test_saving_the_same_components_twice_gives_byte_identical_files(tiny_compon
     assert c.read_bytes() == d.read_bytes()
 
 
+WRITE = """
+import sys
+from trainers.tiny import tiny_components, write_civitai_file
+write_civitai_file(tiny_components(seed=0), sys.argv[1], dtype="fp32")
+"""
+
+
+def test_the_same_model_written_by_another_process_is_byte_identical(tiny_components, tmp_path):
+    """Across processes too: diffusers records its configs' default-valued options from a set, whose order
+    follows Python's per-process string hashing (the other process gets another PYTHONHASHSEED)."""
+    from conftest import ROOT
+    from trainers.tiny import write_civitai_file
+
+    here = write_civitai_file(tiny_components, tmp_path / "here.safetensors", dtype="fp32")
+    there = tmp_path / "there.safetensors"
+    seed = str(1 + hash("likeness") % 1000)  # never this process's own hashing
+    env = dict(os.environ, PYTHONHASHSEED=seed, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", WRITE, str(there)], cwd=ROOT, env=env, check=True, timeout=300)
+    assert here.read_bytes() == there.read_bytes()
+
+
 def test_a_lora_written_twice_is_byte_identical(tmp_path):
     import torch
 
@@ -47,7 +72,7 @@ def test_a_lora_written_twice_is_byte_identical(tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.parametrize("value", ['plain', 'with "quotes" and \\ slash', "line\nbreak\ttab", "ünïcode ✓ 𝄞"])
+@pytest.mark.parametrize("value", ["plain", 'with "quotes" and \\ slash', "line\nbreak\ttab", "ünïcode ✓ 𝄞"])
 def test_stable_header_keeps_the_header_valid(tmp_path, value):
     import torch
     from safetensors import safe_open
