@@ -27,7 +27,7 @@ class LikenessLoRATrain(LikenessDreamBoothTrain):
         "LoRA: trains small low-rank adapters on the SD1.5 UNet attention (and the text encoder) from photos of one "
         "subject, with prior preservation when class images are connected; the base model stays frozen. Saves a "
         "kohya/A1111-format LoRA (a few MB) in models/loras/likeness/ that ComfyUI's Load LoRA, A1111/Forge and "
-        "diffusers load on any SD1.5 checkpoint. Progress, samples, loss and Cancel work as in DreamBooth Train; the "
+        "diffusers load on any SD1.5 checkpoint. Progress, samples, loss and Stop work as in DreamBooth Train; the "
         "same model, images and options return the earlier result without training again."
     )
     OUTPUT_TOOLTIPS = (
