@@ -291,7 +291,23 @@ for (const [fromKey, outName, toKey, inName] of spec.links) {
   if (i < 0) throw new Error(b.type + " has no input " + inName);
   if (!a.connect(o, b, i)) throw new Error("could not connect " + fromKey + "." + outName + " -> " + toKey);
 }
-// Extensions may add or grow widgets after creation (the training monitor): lay out, let the canvas draw, again.
+// Wide enough that no widget's label meets its value: the 2024 editor draws the label at the left and the value
+// right-aligned, without shortening either (measured in the widgets' font, with the arrows and margins).
+function textWidth(node) {
+  const ctx = app.canvas.canvas.getContext("2d");
+  ctx.save();
+  ctx.font = `${LiteGraph.NODE_SUBTEXT_SIZE || 12}px Arial`;
+  let need = 0;
+  for (const w of node.widgets || []) {
+    if (!["combo", "number", "text", "toggle"].includes(w.type)) continue;
+    const value = w.type === "number" ? Number(w.value).toFixed(w.options?.precision ?? 3) : String(w.value);
+    need = Math.max(need, ctx.measureText(String(w.label || w.name)).width + ctx.measureText(value).width + 110);
+  }
+  ctx.restore();
+  return Math.ceil(need);
+}
+// Extensions may add or grow widgets after creation (the training monitor, the info box): lay out, let the canvas
+// draw, again; a node never shrinks below what a draw made it.
 function layout() {
   let x = LEFT;
   for (const column of spec.columns) {
@@ -299,7 +315,8 @@ function layout() {
     for (const item of column) {
       const node = byKey[item.key];
       const size = node.computeSize(), want = item.size || [0, 0];
-      node.setSize([Math.round(Math.max(want[0], size[0], node.size[0])), Math.round(Math.max(want[1], size[1]))]);
+      const w = Math.max(want[0], size[0], node.size[0], textWidth(node));
+      node.setSize([Math.round(w), Math.round(Math.max(want[1], size[1], node.size[1]))]);
       node.pos = [x, y + LiteGraph.NODE_TITLE_HEIGHT];
       y += node.size[1] + LiteGraph.NODE_TITLE_HEIGHT + GAP_Y;
       width = Math.max(width, node.size[0]);
