@@ -204,6 +204,7 @@ def _find_wheel(root: Path) -> Path:
 SETUP_NOTICE = (
     "preparing the ComfyUI test host (first run only, ~3-8 min: ComfyUI and a ~1.7 GB Python environment in {root})"
 )
+REFRESH_NOTICE = "updating the ComfyUI test host's Python environment {venv} (its requirements changed; ~1 min)"
 Announce = Callable[[str], None]
 
 
@@ -322,7 +323,7 @@ def _ensure_venv(venv: Path, comfy_dir: Path, announce: Announce) -> bool:
     stamp = venv / ".likeness-host-stamp"
     if python.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
         return False
-    announce(SETUP_NOTICE.format(root=venv.parent))
+    announce(SETUP_NOTICE.format(root=venv.parent) if not python.is_file() else REFRESH_NOTICE.format(venv=venv))
     if not python.is_file():
         if venv.exists():
             shutil.rmtree(venv)
