@@ -44,13 +44,13 @@ write_civitai_file(tiny_components(seed=0), sys.argv[1], dtype="fp32")
 """
 
 
-def test_the_same_model_written_by_another_process_is_byte_identical(tiny_components, tmp_path):
+def test_the_same_model_written_by_another_process_is_byte_identical(tmp_path):
     """Across processes too: diffusers records its configs' default-valued options from a set, whose order
     follows Python's per-process string hashing (the other process gets another PYTHONHASHSEED)."""
     from conftest import ROOT
-    from trainers.tiny import write_civitai_file
+    from trainers.tiny import tiny_components, write_civitai_file
 
-    here = write_civitai_file(tiny_components, tmp_path / "here.safetensors", dtype="fp32")
+    here = write_civitai_file(tiny_components(seed=0), tmp_path / "here.safetensors", dtype="fp32")
     there = tmp_path / "there.safetensors"
     seed = str(1 + hash("likeness") % 1000)  # never this process's own hashing
     env = dict(os.environ, PYTHONHASHSEED=seed, OMP_NUM_THREADS="1")

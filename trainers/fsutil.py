@@ -160,6 +160,8 @@ def _compact_json(data: object) -> bytes:
 
 def stable_safetensors_bytes(blob: bytes) -> bytes:
     """A serialized safetensors file (``safetensors.torch.save``) with its metadata in a stable order."""
+    if len(blob) < 8:
+        return blob
     (n,) = struct.unpack("<Q", blob[:8])
     header = blob[8 : 8 + n]
     fixed = stable_header(header)
@@ -169,7 +171,10 @@ def stable_safetensors_bytes(blob: bytes) -> bytes:
 def _stabilize_file(path: str | Path) -> None:
     """Rewrite a safetensors file's header in place with its metadata in a stable order (same length)."""
     with open(path, "r+b") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        if len(head) < 8:  # not a safetensors file (nothing was written): nothing to reorder
+            return
+        (n,) = struct.unpack("<Q", head)
         header = f.read(n)
         fixed = stable_header(header)
         if fixed != header:

@@ -629,8 +629,7 @@ def _dropped(reports: list[ImageReport], shown: int = 4) -> str:
 
 
 def _verdict(reports: list[ImageReport]) -> tuple[str, int]:
-    """The one-line verdict on a crop (usable count, what to add, which photos were dropped and why) and the
-    number of usable images."""
+    """The verdict on a crop (usable count, what to add) and the number of usable images."""
     kept = [r for r in reports if r.status == "kept"]
     serious = [r for r in kept if any(w.startswith(("upscaled", "looks blurry")) for w in r.warnings)]
     usable = len(kept) - len(serious)
@@ -644,12 +643,13 @@ def _verdict(reports: list[ImageReport]) -> tuple[str, int]:
             f"{_plural(usable, 'usable image')}{extra}; DreamBooth wants {RECOMMENDED_IMAGES}+: add "
             f"{_plural(RECOMMENDED_IMAGES - usable, 'more photo')} of the face (varied angles, light and backgrounds)"
         )
-    return verdict + _dropped(reports), usable
+    return verdict, usable
 
 
 def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float) -> dict:
     kept = [r for r in reports if r.status == "kept"]
     verdict, usable = _verdict(reports)
+    dropped = _dropped(reports)
     return {
         "format": "likeness-facecrop",
         "version": PIPELINE_VERSION,
@@ -665,7 +665,8 @@ def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector
             "warnings": sum(len(r.warnings) for r in kept),
             "several_faces": sum(1 for r in reports if r.faces > 1),
             "duplicates": sum(1 for r in reports if r.duplicate_of),
-            "verdict": verdict,
+            "verdict": verdict + dropped,  # one line for a node or a command to show
+            "dropped": dropped,  # the verdict's last part: the text report lists them already
         },
         "images": [asdict(r) for r in reports],
     }
@@ -700,7 +701,7 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
         lines.append("Warnings:")
         for r in warned:
             lines += [f"  - {r['source']}: {w}" for w in r["warnings"]]
-    lines.append(f"Verdict: {s['verdict']}")
+    lines.append(f"Verdict: {s['verdict'].removesuffix(s.get('dropped', ''))}")
     return "\n".join(lines)
 
 
