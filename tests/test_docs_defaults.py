@@ -153,12 +153,12 @@ def test_node_descriptions_quote_the_schema(nodes):
 
 
 GB = re.compile(r"\b\d+(?:\.\d+)?(?:\s?[-–]\s?\d+)?\s?GB\b")
-MEMORY_WORDS = re.compile(r"VRAM|GPU|memory|8-bit", re.IGNORECASE)
+MEMORY_WORDS = re.compile(r"VRAM|GPU|memory|8-bit|works on|fits? |needs|saves", re.IGNORECASE)
 
 
 def _memory_claims(text: str) -> list[str]:
     """Sentences that give a GPU memory figure (file sizes like 'fp16 = 2 GB' are not memory claims)."""
-    sentences = re.split(r"(?<=[.;:])\s+|\n", text)
+    sentences = re.split(r"(?<=[.;])\s+|\n", text)
     return [s for s in sentences if GB.search(s) and MEMORY_WORDS.search(s)]
 
 
@@ -179,9 +179,14 @@ def test_gpu_memory_figures_are_stated_once_with_their_source(nodes):
             n["widgets_values"][0] for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note"
         )
     for node_id, node in nodes.items():
-        others[node_id] = node.DESCRIPTION + json.dumps(node.INPUT_TYPES())
+        spec = node.INPUT_TYPES()
+        tips = [e[1].get("tooltip", "") for section in ("required", "optional")
+                for e in (spec.get(section) or {}).values() if len(e) > 1 and isinstance(e[1], dict)]  # fmt: skip
+        others[node_id] = "\n".join([node.DESCRIPTION, *tips])
     for cls in (DreamBoothConfig, LoRAConfig):
-        others[cls.__name__] = " ".join(s.help for s in configspec.specs(cls))
+        others[cls.__name__] = "\n".join(s.help for s in configspec.specs(cls))
     others["trainers/train/config.py"] = (ROOT / "trainers" / "train" / "config.py").read_text()
+    for path in (ROOT / "docs" / "configs").glob("*.toml"):
+        others[f"docs/configs/{path.name}"] = path.read_text()
     for where, text in others.items():
         assert not _memory_claims(text), (where, _memory_claims(text))
