@@ -32,6 +32,14 @@ SOURCES = {
     "arXiv:2106.09685) for the attention projections.",
     "resolution": "SD1.5 was trained at 512 px.",
     "face crop": "Common DreamBooth face practice: head and shoulders, face centred.",
+    "LoRA type (`lora_type`, `dora`)": "LoHa and LoKr: the LyCORIS paper (Yeh et al., arXiv:2309.14859; LoHa from "
+    "FedPara, arXiv:2108.06098; LoKr from KronA, arXiv:2212.10650) and its file keys. DoRA: Liu et al., "
+    "arXiv:2402.09353. All through peft (`LoHaConfig`, `LoKrConfig`, `LoraConfig(use_dora=True)`). Plain LoRA stays "
+    "the default: it is the one every loader applies as trained (see *LoRA types and continuing a LoRA* above).",
+    "LoKr factor (`lokr_factor`)": "peft's and LyCORIS' default: each dimension split as near its square root as "
+    "possible.",
+    "continue a LoRA (`continue_from`; node: `continue_lora`)": "ComfyUI's Train LoRA, kohya's `network_weights` and "
+    "ai-toolkit all start from an existing LoRA; the file's type, rank, alpha and layers win over the node's options.",
 }
 
 
@@ -81,7 +89,21 @@ def rows() -> list[tuple[str, str, str]]:
         ("LoRA rank / alpha", "–", f"{lora['lora_rank']} / {number(lora['lora_alpha'])}"),
         ("resolution", f"{db['resolution']} px", f"{lora['resolution']} px"),
         ("face crop", f"{crop['resolution']} px square, face ≈ {face:.0%} of it (margin {number(crop['margin'])})", ""),
-    ]  # fmt: skip
+    ] + lora_type_rows(lora)  # fmt: skip
+
+
+def lora_type_rows(lora: dict) -> list[tuple[str, str, str]]:
+    """The rows of the LoRA variants' options, for a schema that has them."""
+    out = []
+    if "lora_type" in lora:
+        dora = "on" if lora.get("dora") else "off"
+        out.append(("LoRA type (`lora_type`, `dora`)", "–", f"`{lora['lora_type']}`, DoRA {dora}"))
+    if "lokr_factor" in lora:
+        out.append(("LoKr factor (`lokr_factor`)", "–", number(lora["lokr_factor"])))
+    if "continue_from" in lora:
+        start = "off" if not lora["continue_from"] else str(lora["continue_from"])
+        out.append(("continue a LoRA (`continue_from`; node: `continue_lora`)", "–", start))
+    return out
 
 
 def render() -> str:
