@@ -81,7 +81,7 @@ def run_for(command: str, args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty())
+        bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty(), title=command)
         result = run_session(session, handle, cfg.tokenizer, bar, stop=lambda: stop_requested["flag"])
     finally:
         signal.signal(signal.SIGINT, previous)
