@@ -64,7 +64,8 @@ def _device_option(device: Any) -> str:
 
 class LikenessGenerateClassImages:
     DESCRIPTION = (
-        "Makes the class images for prior preservation (e.g. 200 of 'a photo of woman face') with your own "
+        f"Makes the class images for prior preservation (by default {ClassImagesConfig().count} of "
+        f"'{ClassImagesConfig().class_prompt}') with your own "
         "checkpoint, so DreamBooth/LoRA training keeps what the class looks like while it learns your subject. "
         "The set is saved under output/likeness/class_images/ in a folder named after the model and the settings "
         "and reused: queuing again makes nothing, a higher count makes only the missing images, and a cancelled "

@@ -27,6 +27,17 @@ def _vae_path(vae_name: str | None) -> str | None:
     return bridge.full_path("vae", vae_name)
 
 
+def check_host_can_load(handle) -> None:
+    """Refuse, with what to do, an SD1-shaped file ComfyUI's own loader cannot recognise (it would fail inside with
+    "'NoneType' object has no attribute ..."): its SD1.5 detection needs model_channels 320 and context 768."""
+    from ..trainers.errors import CheckpointError
+    from ..trainers.model_io.detect import comfy_load_problem
+
+    problem = comfy_load_problem(handle.info or {}, handle.path)
+    if problem:
+        raise CheckpointError(problem)
+
+
 def load_checkpoint(ckpt_path: str, vae_path: str | None = None, ema: str = "auto"):
     """Check and describe a checkpoint, then load it through ComfyUI's own loader.
 
@@ -40,6 +51,7 @@ def load_checkpoint(ckpt_path: str, vae_path: str | None = None, ema: str = "aut
     from ..trainers.model_io import host_loadable_file, make_model_handle
 
     handle = make_model_handle(ckpt_path, vae_path=vae_path, ema=ema)  # the whole model, as the trainers see it
+    check_host_can_load(handle)
     vae_sd = None
     host_handle = handle
     if vae_path:
@@ -66,7 +78,8 @@ class LikenessLoadCheckpoint:
         "ComfyUI's own loader, so you can sample the base model in the same graph; LIKENESS_MODEL is a light "
         "description of the same file (path, detected variant, content hash, VAE and EMA choice) from which the "
         "Likeness training nodes load the model when they run. SDXL, SD2, SD3, Flux and inpainting models are "
-        "refused with a message saying what was found."
+        "refused with a message saying what was found, and so is an SD1-shaped file ComfyUI's own loader cannot "
+        "load (a UNet other than 320 channels with context 768)."
     )
     CATEGORY = "Likeness/loaders"
     FUNCTION = "load"

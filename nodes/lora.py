@@ -41,7 +41,7 @@ class LikenessLoRATrain(LikenessDreamBoothTrain):
         "LoHa or LoKr (dora adds DoRA to a LoRA); continue_lora starts from an existing LoRA file instead (its type "
         "and rank are kept). Saves a kohya/LyCORIS-format file (a few MB) in models/loras/likeness/ that ComfyUI's "
         "Load LoRA and A1111/Forge load on any SD1.5 checkpoint (diffusers too for LoRA). Progress, samples, loss and "
-        "Cancel work as in DreamBooth Train; the same model, images and options return the earlier result without "
+        "Stop work as in DreamBooth Train; the same model, images and options return the earlier result without "
         "training again."
     )
     OUTPUT_TOOLTIPS = (

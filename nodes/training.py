@@ -53,7 +53,8 @@ class LikenessDreamBoothTrain:
         "DreamBooth: fine-tunes the whole SD1.5 UNet (and the text encoder) on photos of one subject, with prior "
         "preservation when class images are connected, and saves one .safetensors checkpoint in "
         "models/checkpoints/likeness/ that loads in ComfyUI, A1111 and diffusers. Shows progress, samples and the "
-        "loss while it trains; Cancel stops it cleanly (a resumable state is kept: queue again to continue). "
+        "loss while it trains; its Stop button ends the run cleanly (a resumable state is kept: queue again to "
+        "continue). "
         "The same model, images and options return the earlier result without training again."
     )
     CATEGORY = "Likeness/training"

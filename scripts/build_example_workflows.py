@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from host.harness import ComfyHost, prepare_host  # noqa: E402
@@ -47,6 +48,31 @@ PROMPT = "a photo of sks woman face, portrait, natural light, detailed skin, sha
 NEGATIVE = "blurry, lowres, deformed face, bad anatomy, disfigured, watermark, text, cartoon, painting"
 
 # ---------------------------------------------------------------------------------------------------------------
+# defaults (from the option schema: a note or a widget never quotes a default of its own)
+
+
+def _defaults() -> dict[str, dict]:
+    from trainers.classgen import ClassImagesConfig
+    from trainers.configspec import specs
+    from trainers.data.crop import CropConfig
+    from trainers.lora.config import LoRAConfig
+    from trainers.train.config import DreamBoothConfig
+
+    configs = {"dreambooth": DreamBoothConfig, "lora": LoRAConfig, "classes": ClassImagesConfig, "crop": CropConfig}
+    return {name: {s.name: s.default for s in specs(cls)} for name, cls in configs.items()}
+
+
+D = _defaults()
+DB, LORA, CLASSES, CROP = D["dreambooth"], D["lora"], D["classes"], D["crop"]
+
+
+def _num(value: float) -> str:
+    from readme_options import number
+
+    return number(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # notes (what a user reads on the canvas)
 
 N_CKPT = """1. BASE MODEL
@@ -54,33 +80,34 @@ Pick any Stable Diffusion 1.5 checkpoint from models/checkpoints (civitai .safet
 (e.g. Realistic Vision) gives realistic faces. SDXL/SD2/Flux files are refused.
 The training nodes read the file themselves; MODEL/CLIP/VAE here are the untrained base."""
 
-N_PHOTOS = """2. YOUR PHOTOS
+N_PHOTOS = f"""2. YOUR PHOTOS
 Put 15-30 photos of ONE person in ComfyUI/input/likeness_photos (jpg/png/webp, any size, phone photos are fine).
 Variety helps: different days, light, clothes, backgrounds, expressions, some profile. Avoid sunglasses, heavy \
 filters, group photos, blurry shots.
-Faces are found, cropped square at 'resolution' (512 for SD1.5) and blurry/duplicate photos skipped: check the \
-preview and the report."""
+Faces are found, cropped square at 'resolution' ({CROP["resolution"]} for SD1.5) and blurry/duplicate photos \
+skipped: the report names each dropped photo and why."""
 
-N_CLASS = """3. CLASS IMAGES (prior preservation)
-Generates 'count' images of the class ('a photo of woman face') with the base model, so training learns YOUR face \
-without turning every woman into you. 200 is a good number (~5-10 min on a GPU); made once and reused.
+N_CLASS = f"""3. CLASS IMAGES (prior preservation)
+Generates 'count' images of the class ('{CLASSES["class_prompt"]}') with the base model, so training learns YOUR \
+face without turning every woman into you. Default {CLASSES["count"]}; made once and reused.
 Use 'man face' / 'person' to match your subject."""
 
-N_DB = """4. DREAMBOOTH TRAIN
-Fine-tunes the whole model. Typical: 100 steps per photo (15 photos -> 1500), learning rate 1e-6 to 2e-6.
-The instance prompt comes from the dataset ('a photo of sks woman face'); 'sks' is the rare token that means \
+N_DB = f"""4. DREAMBOOTH TRAIN
+Fine-tunes the whole model. Defaults: {DB["steps"]} steps at batch {DB["batch_size"]}, learning rate \
+{_num(DB["learning_rate"])}, text encoder trained (the README's table says where they come from).
+The instance prompt comes from the dataset ('{CROP["instance_prompt"]}'); 'sks' is the rare token that means \
 your person.
-VRAM: 24 GB trains everything; with 12-16 GB turn train_text_encoder off and use a Training Options node \
-(gradient checkpointing on, optimizer adamw8bit). ~20-40 min on an RTX 3090.
+GPU memory: see the README (GPU memory). To need less, turn train_text_encoder off, or install bitsandbytes \
+(the default optimizer, auto, then uses 8-bit AdamW).
 Queueing the same graph again reuses the saved result (models/checkpoints/likeness/) instead of training \
-again. Watch progress, samples and loss on the node; Cancel stops cleanly and the next run resumes."""
+again. Watch progress, samples and loss on the node; Stop ends the run cleanly and the next run resumes."""
 
-N_LORA = """4. LORA TRAIN
-Trains a small LoRA (a few MB) on top of the frozen model. Typical: 1000-2000 steps, learning rate 1e-4, rank \
-16, alpha 8.
-VRAM: ~6-8 GB at 512 px; much faster than DreamBooth. The file goes to models/loras/likeness/ and also works with \
-Load LoRA, A1111/Forge and diffusers, on any SD1.5 checkpoint.
-Queueing the same graph again reuses the saved result instead of training again."""
+N_LORA = f"""4. LORA TRAIN
+Trains a small LoRA (a few MB) on top of the frozen model. Defaults: {LORA["steps"]} steps, learning rate \
+{_num(LORA["learning_rate"])}, rank {LORA["lora_rank"]}, alpha {_num(LORA["lora_alpha"])}.
+Needs less GPU memory than DreamBooth (see the README). The file goes to models/loras/likeness/ and also works \
+with Load LoRA, A1111/Forge and diffusers, on any SD1.5 checkpoint.
+Queueing the same graph again reuses the saved result instead of training again; Stop ends the run cleanly."""
 
 N_APPLY_DB = """5. APPLY TRAINED MODEL
 Loads the trained checkpoint as MODEL/CLIP/VAE (ComfyUI's own loader). Later, sample without training: pick the \
@@ -99,8 +126,8 @@ place, light, style. 25-35 steps, cfg 5-7. Queue again to get new seeds: trainin
 N_PICK = """SAMPLE A RESULT TRAINED EARLIER (no training)
 'source' lists your results: checkpoints/likeness/... (DreamBooth: the model/clip inputs are not used) and \
 loras/likeness/... (LoRA: applied to the checkpoint loaded on the left, at 'strength').
-New files appear after a page refresh. The 'info' output tells the instance prompt and steps the file was \
-trained with: use those words in your prompt."""
+A finished training run adds its file to the list at once; files copied in by hand appear after Refresh (R). \
+The 'info' output tells the instance prompt and steps the file was trained with: use those words in your prompt."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,22 +174,17 @@ def _sampling(apply_key: str, prefix: str, model_from=None, clip_from=None, vae_
 def _training_graph(kind: str) -> dict:
     lora = kind == "lora"
     train_type = "LikenessLoRATrain" if lora else "LikenessDreamBoothTrain"
+    cfg = LORA if lora else DB
     train_widgets = {
         "output_name": f"likeness_{kind}",
-        "instance_prompt": "",
-        "class_prompt": "a photo of woman face",
-        "steps": 1500,
-        "learning_rate": 1e-4 if lora else 2e-6,
-        "batch_size": 1,
-        "resolution": 512,
-        "train_text_encoder": True,
-        "prior_loss_weight": 1.0,
+        "instance_prompt": "",  # from the dataset
+        **{k: cfg[k] for k in ("class_prompt", "steps", "learning_rate", "batch_size", "resolution",
+                               "train_text_encoder", "prior_loss_weight", "save_dtype")},
         "train_seed": 1234,
-        "sample_every": 250,
-        "save_dtype": "fp16",
-    }
+        "sample_every": 250,  # samples while it trains (the default, 0, makes them only at the end)
+    }  # fmt: skip
     if lora:
-        train_widgets.update(lora_rank=16, lora_alpha=8.0, lora_layers="attention", lora_dropout=0.0)
+        train_widgets.update({k: cfg[k] for k in ("lora_rank", "lora_alpha", "lora_layers", "lora_dropout")})
     apply_widgets = {"source": "(from the trained input)", "strength_model": 0.9 if lora else 1.0,
                      "strength_clip": 0.9 if lora else 1.0}  # fmt: skip
     columns = [
@@ -173,15 +195,16 @@ def _training_graph(kind: str) -> dict:
         [
             {"key": "note_photos", "type": "Note", "text": N_PHOTOS, "size": [360, 230]},
             {"key": "faces", "type": "LikenessFaceCropDataset",
-             "widgets": {"folder": "likeness_photos", "instance_prompt": "a photo of sks woman face",
-                         "resolution": 512}, "size": [380, 0]},
+             "widgets": {"folder": "likeness_photos", "instance_prompt": CROP["instance_prompt"],
+                         "resolution": CROP["resolution"]}, "size": [380, 0]},
             {"key": "faces_preview", "type": "PreviewImage", "title": "Cropped photos", "size": [360, 300]},
         ],
         [
             {"key": "note_class", "type": "Note", "text": N_CLASS, "size": [340, 190]},
             {"key": "classes", "type": "LikenessGenerateClassImages",
-             "widgets": {"class_prompt": "a photo of woman face", "negative_prompt": "blurry, lowres, cartoon",
-                         "count": 200, "resolution": 512, "steps": 30}, "size": [380, 0]},
+             "widgets": {"class_prompt": CLASSES["class_prompt"], "negative_prompt": "blurry, lowres, cartoon",
+                         "count": CLASSES["count"], "resolution": CLASSES["resolution"], "steps": CLASSES["steps"]},
+             "size": [380, 0]},
         ],
         [
             {"key": "note_train", "type": "Note", "text": N_LORA if lora else N_DB, "size": [380, 300]},
@@ -268,7 +291,23 @@ for (const [fromKey, outName, toKey, inName] of spec.links) {
   if (i < 0) throw new Error(b.type + " has no input " + inName);
   if (!a.connect(o, b, i)) throw new Error("could not connect " + fromKey + "." + outName + " -> " + toKey);
 }
-// Extensions may add or grow widgets after creation (the training monitor): lay out, let the canvas draw, again.
+// Wide enough that no widget's label meets its value: the 2024 editor draws the label at the left and the value
+// right-aligned, without shortening either (measured in the widgets' font, with the arrows and margins).
+function textWidth(node) {
+  const ctx = app.canvas.canvas.getContext("2d");
+  ctx.save();
+  ctx.font = `${LiteGraph.NODE_SUBTEXT_SIZE || 12}px Arial`;
+  let need = 0;
+  for (const w of node.widgets || []) {
+    if (!["combo", "number", "text", "toggle"].includes(w.type)) continue;
+    const value = w.type === "number" ? Number(w.value).toFixed(w.options?.precision ?? 3) : String(w.value);
+    need = Math.max(need, ctx.measureText(String(w.label || w.name)).width + ctx.measureText(value).width + 110);
+  }
+  ctx.restore();
+  return Math.ceil(need);
+}
+// Extensions may add or grow widgets after creation (the training monitor, the info box): lay out, let the canvas
+// draw, again; a node never shrinks below what a draw made it.
 function layout() {
   let x = LEFT;
   for (const column of spec.columns) {
@@ -276,7 +315,8 @@ function layout() {
     for (const item of column) {
       const node = byKey[item.key];
       const size = node.computeSize(), want = item.size || [0, 0];
-      node.setSize([Math.round(Math.max(want[0], size[0], node.size[0])), Math.round(Math.max(want[1], size[1]))]);
+      const w = Math.max(want[0], size[0], node.size[0], textWidth(node));
+      node.setSize([Math.round(w), Math.round(Math.max(want[1], size[1], node.size[1]))]);
       node.pos = [x, y + LiteGraph.NODE_TITLE_HEIGHT];
       y += node.size[1] + LiteGraph.NODE_TITLE_HEIGHT + GAP_Y;
       width = Math.max(width, node.size[0]);

@@ -9,7 +9,7 @@ cd "$root"
 # possible (root with apt-get), quietly.
 if { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; } \
   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "test: installing chromium and chromium-driver for the browser tests"
+  echo "test: installing chromium and chromium-driver for the browser tests (apt-get, as root)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       chromium chromium-driver; } >/dev/null 2>&1 || echo "test: could not install chromium; browser tests will be skipped"
 fi

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 # Bump when the tiny models or the writer change, so a kept cache (LIKENESS_TEST_CACHE) is not reused stale.
-TINY_VERSION = 1
+TINY_VERSION = 2
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +31,12 @@ def tiny_checkpoint(cache_root, tiny_components) -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_tiny_checkpoint(cache_root) -> Path:
-    """An SD1.5 single file ComfyUI's own loader accepts (320-channel one-level UNet, CLIP-L, SD VAE), fp16."""
-    from trainers.tiny import comfy_tiny_components, write_civitai_file
+    """An SD1.5 single file ComfyUI's own loader accepts (320-channel one-level UNet, CLIP-L, SD VAE), fp16: the
+    file ``python -m trainers demo`` writes for the page (the same writer, so the same bytes)."""
+    from trainers.tiny import write_comfy_tiny
 
     path = Path(cache_root) / "models" / f"comfy-tiny-sd15-v{TINY_VERSION}.safetensors"
     if not path.is_file():
-        write_civitai_file(comfy_tiny_components(seed=0), path, dtype="fp16")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_comfy_tiny(path)
     return path

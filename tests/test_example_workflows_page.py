@@ -128,3 +128,137 @@ def test_workflows_saved_by_likeness_0_1_keep_their_values_after_inputs_changed(
     assert trains and all("likeness_widgets" in n for n in trains)
     (train_id,) = [str(n["id"]) for n in trains]
     assert page["output"][train_id]["inputs"]["train_seed"] == 1234
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the examples look like: canvas text geometry and the info box, on the frontend the host serves
+
+# Every fillText of a draw of each node, in graph coordinates: [{type, rect: [x, y, w, h] incl. title, texts}].
+TEXTS_JS = """
+const canvas = app.canvas, proto = CanvasRenderingContext2D.prototype, fillText = proto.fillText;
+const title = LiteGraph.NODE_TITLE_HEIGHT, nodes = [];
+let current = null;
+proto.fillText = function (text, x, y, maxWidth) {
+  if (current && String(text).trim()) {
+    const m = this.getTransform();
+    let w = this.measureText(String(text)).width;
+    if (maxWidth !== undefined && maxWidth < w) w = maxWidth;
+    const x0 = this.textAlign === "right" || this.textAlign === "end" ? x - w : this.textAlign === "center" ? x - w / 2 : x;
+    const k = (window.devicePixelRatio || 1) * canvas.ds.scale;
+    current.texts.push({t: String(text), x0: (m.a * x0 + m.c * y + m.e) / k - canvas.ds.offset[0],
+                        x1: (m.a * (x0 + w) + m.c * y + m.e) / k - canvas.ds.offset[0],
+                        y: (m.b * x0 + m.d * y + m.f) / k - canvas.ds.offset[1]});
+  }
+  return fillText.apply(this, arguments);
+};
+try {
+  canvas.ds.scale = 1;
+  for (const node of app.graph._nodes) {
+    const rect = [node.pos[0], node.pos[1] - title, node.size[0], node.size[1] + title];
+    current = {type: node.type, id: node.id, rect, texts: []};
+    canvas.ds.offset = [60 - node.pos[0], 80 - node.pos[1]];  // the node in view, drawn alone at 1:1
+    canvas.setDirty(true, true);
+    canvas.draw(true, true);
+    const mid = (t) => (t.x0 + t.x1) / 2;
+    current.texts = current.texts.filter((t) => t.y >= rect[1] - 2 && t.y <= rect[1] + rect[3] + 2
+      && mid(t) >= rect[0] && mid(t) <= rect[0] + rect[2]);  // its own texts, not a neighbour's
+    nodes.push(current);
+  }
+} finally {
+  proto.fillText = fillText;
+}
+return nodes;
+"""
+
+
+def _overlaps(node: dict) -> list[str]:
+    """Texts of one row of a node whose boxes overlap, or that stick out of the node."""
+    found = []
+    rows: dict[int, list[dict]] = {}
+    for t in node["texts"]:
+        rows.setdefault(round(t["y"] / 3), []).append(t)
+    x0, x1 = node["rect"][0], node["rect"][0] + node["rect"][2]
+    for texts in rows.values():
+        texts.sort(key=lambda t: t["x0"])
+        for a, b in zip(texts, texts[1:], strict=False):
+            if a["x1"] > b["x0"] + 0.5:
+                found.append(f"{node['type']}: {a['t']!r} runs into {b['t']!r} ({a['x1'] - b['x0']:.0f} px)")
+        found += [f"{node['type']}: {t['t']!r} sticks out of the node" for t in texts
+                  if t["x0"] < x0 - 0.5 or t["x1"] > x1 + 0.5]  # fmt: skip
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_label_overlaps_its_value_at_the_saved_node_widths(comfy_host, driver, name):
+    """Every text the canvas draws for a node (title, slot names, widget labels and values), measured as drawn."""
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    _open_page(driver, comfy_host)
+    got = json.loads(driver.execute_async_script(LOAD_JS, workflow))
+    assert "error" not in got, got.get("error")
+    nodes = driver.execute_script(TEXTS_JS)
+    assert len(nodes) == len(workflow["nodes"])
+    (loader,) = [n for n in nodes if n["type"] in ("LikenessLoadCheckpoint", "CheckpointLoaderSimple")]
+    assert any(t["t"] == "ckpt_name" or t["t"].startswith("ckpt") for t in loader["texts"])  # the texts are seen
+    problems = [p for node in nodes for p in _overlaps(node)]
+    assert problems == [], problems
+
+
+INFO_JS = """
+const [text] = args;
+const node = app.graph._nodes.find((n) => n.type === "LikenessApplyTrainedModel");
+const before = [...node.size];
+node.onExecuted({text: [text]});
+const canvas = app.canvas;
+canvas.ds.scale = 1;
+canvas.ds.offset = [60 - node.pos[0], 80 - node.pos[1]];
+canvas.setDirty(true, true);
+canvas.draw(true, true);
+await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+await new Promise((r) => setTimeout(r, 300));  // newer frontends place DOM widgets on a later frame
+canvas.draw(true, true);
+await new Promise((r) => setTimeout(r, 300));
+const el = node.likenessInfoWidget.element;
+const box = el.getBoundingClientRect(), c = canvas.canvas.getBoundingClientRect(), ds = canvas.ds;
+const title = LiteGraph.NODE_TITLE_HEIGHT;
+const screen = (n) => [(n.pos[0] + ds.offset[0]) * ds.scale + c.left, (n.pos[1] - title + ds.offset[1]) * ds.scale + c.top,
+                       n.size[0] * ds.scale, (n.size[1] + title) * ds.scale];
+return {before, after: [...node.size], box: [box.left, box.top, box.width, box.height], node: screen(node),
+        shown: el.textContent, scrolls: el.scrollHeight > el.clientHeight + 1, visible: box.width > 0 && box.height > 0,
+        others: app.graph._nodes.filter((n) => n !== node).map((n) => ({type: n.type, title: n.title, rect: screen(n)}))};
+"""
+
+
+def _inside(inner, outer) -> bool:
+    x, y, w, h = inner
+    ox, oy, ow, oh = outer
+    return x >= ox - 0.5 and y >= oy - 0.5 and x + w <= ox + ow + 0.5 and y + h <= oy + oh + 0.5
+
+
+def _meet(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_info_box_stays_inside_its_node(comfy_host, driver, name):
+    """A long info text (more lines than the box shows) scrolls inside the box: the node does not grow, the box stays
+    inside the node and off its neighbours (the prompt node below it in the examples)."""
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    _open_page(driver, comfy_host)
+    got = json.loads(driver.execute_async_script(LOAD_JS, workflow))
+    assert "error" not in got, got.get("error")
+    text = "\n".join(f"line {i}: steps 1000, instance prompt 'a photo of sks woman face', rank 16, alpha 8, a long "
+                     "line that wraps" for i in range(20))  # fmt: skip
+    driver.set_script_timeout(60)
+    info = json.loads(
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1]; const args = arguments;"
+            "(async () => {" + INFO_JS + "})().then((v) => done(JSON.stringify(v)), (e) => done(JSON.stringify({error: String(e)})));",
+            text,
+        )
+    )  # fmt: skip
+    assert "error" not in info, info.get("error")
+    assert info["visible"] and info["shown"] == text and info["scrolls"]
+    assert info["after"] == info["before"], "showing a text must not resize the node"
+    assert _inside(info["box"], info["node"]), (info["box"], info["node"])
+    covered = [o["title"] or o["type"] for o in info["others"] if _meet(info["box"], o["rect"])]
+    assert covered == []

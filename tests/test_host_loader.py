@@ -143,3 +143,54 @@ def _assert_loaded_completely(log: str) -> None:
             assert missing <= _CLIP_NEVER_IN_SD1, f"ComfyUI: {line}"
     for warning in ("no CLIP/text encoder weights", "Missing VAE keys"):
         assert warning not in log, f"ComfyUI: {warning!r} while loading the checkpoint"
+
+
+class _Report:
+    def step(self, *args, **outputs) -> None:
+        self.outputs = outputs
+
+
+def test_the_demos_model_for_the_page_samples_through_the_core_loader(comfy_host, comfy_tiny_checkpoint, tmp_path):
+    """The tiny SD1.5 the demo writes into likeness-output/models/checkpoints/ (the demo's own step, here finding the
+    file its writer makes, so it is not built twice) is an ordinary checkpoint for core CheckpointLoaderSimple, and
+    for Likeness Load Checkpoint."""
+    import shutil
+
+    from trainers.demo import COMFY_MODEL, write_comfy_model
+
+    demo_models = tmp_path / "likeness-output" / "models"
+    (demo_models / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(comfy_tiny_checkpoint, demo_models / "checkpoints" / COMFY_MODEL)
+    report = _Report()
+    path = write_comfy_model(demo_models, report)
+    assert report.outputs["comfyui_checkpoint"] == path and path.read_bytes() == comfy_tiny_checkpoint.read_bytes()
+    name = comfy_host.add_model("checkpoints", path, "likeness_demo_" + COMFY_MODEL)
+    log_start = len(comfy_host.log_text())
+    core = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}}
+    result = comfy_host.run(_sample(core, "likeness_demo_core"), timeout=240).check()
+    _assert_image(result)
+    _assert_loaded_completely(comfy_host.log_text()[log_start:])
+    comfy_host.run(_sample(_likeness_loader(name), "likeness_demo_ours"), timeout=240).check()
+
+
+def test_the_old_tiny_demo_model_gets_the_clear_message(comfy_host, tiny_checkpoint):
+    """SD1-shaped but 32 channels (the demo's model before it wrote one for the page): refused by our node, before
+    ComfyUI's loader fails inside with "'NoneType' object has no attribute 'supported_inference_dtypes'"."""
+    name = comfy_host.add_model("checkpoints", tiny_checkpoint, "likeness_old_demo_tiny.safetensors")
+    result = comfy_host.run(_sample(_likeness_loader(name), "likeness_old_tiny"), timeout=120)
+    assert result.status == "error" and result.error_info["node_type"] == NODE
+    assert "CheckpointError" in result.error_info["exception_type"]
+    assert "model_channels 32 and context 32" in result.error and "model_channels 320 and context 768" in result.error
+    assert "NoneType" not in result.error
+
+
+def test_the_template_browser_lists_the_examples_where_the_host_has_one(comfy_host):
+    """README: ComfyUI 0.3.x (2025 on) lists a pack's example_workflows/ in its template browser; the 2024 ones have
+    no such list (drag the file onto the canvas)."""
+    has_browser = (comfy_host.install.comfy_dir / "app" / "custom_node_manager.py").is_file()
+    status, body = comfy_host.request("GET", "/workflow_templates")
+    if not has_browser:
+        assert status == 404
+        return
+    assert status == 200
+    assert sorted(body["likeness"]) == ["dreambooth_face", "lora_face", "sample_trained"]

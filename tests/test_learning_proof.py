@@ -14,6 +14,7 @@ import pytest
 from benchmarks import learning_proof as lp
 from benchmarks import proof_base as pb
 from benchmarks import proof_data as pd
+from tests.host.fixtures import say_now
 
 
 def test_procedural_data_is_seeded_and_the_subject_is_an_orange_blue_checker():
@@ -65,7 +66,8 @@ def test_build_base_refuses_a_base_that_ignores_its_prompts(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_dreambooth_learns_the_subject_and_prior_preservation_keeps_the_class():
+def test_dreambooth_learns_the_subject_and_prior_preservation_keeps_the_class(request):
+    say_now(request.config, "learning proof: two 600-step training runs on CPU (12-14 min on 2 busy cores)")
     result = lp.run_benchmark(lp.FAST)
     print(lp.table(result))
     failed = [text for text, ok in lp.checks(result) if not ok]

@@ -66,8 +66,7 @@ class FakeHost:
         return sd
 
 
-@pytest.fixture
-def host(monkeypatch, tmp_path):
+def _fake_host(monkeypatch, tmp_path) -> FakeHost:
     fake = FakeHost(tmp_path / "models")
     comfy = types.ModuleType("comfy")
     comfy.sd = fake.comfy_sd()
@@ -76,6 +75,19 @@ def host(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "comfy.sd", comfy.sd)
     monkeypatch.setenv("LIKENESS_CACHE", str(tmp_path / "cache"))
     return fake
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path):
+    """The fake host, which (unlike ComfyUI) loads the small test model: the node's own shape check is off."""
+    monkeypatch.setattr(import_pack().nodes.loaders, "check_host_can_load", lambda handle: None)
+    return _fake_host(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def strict_host(monkeypatch, tmp_path):
+    """The fake host with the node's check of what ComfyUI's loader can load left on."""
+    return _fake_host(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -229,3 +241,24 @@ def test_is_changed_follows_the_file(host, loaders, tiny_checkpoint):
 def test_bridge_refuses_to_give_the_host_a_pickle(host, pack):
     with pytest.raises(ValueError, match="only .safetensors"):
         pack.nodes.bridge.load_checkpoint_for_host("/x/model.ckpt")
+
+
+def test_a_model_comfyui_cannot_load_is_refused_with_a_clear_message(strict_host, loaders, tiny_checkpoint):
+    """The small test model (and the demo's model before it wrote a ComfyUI-loadable one) is SD1-shaped with 32
+    channels: ComfyUI's loader would fail with "'NoneType' object has no attribute ...". The node says why first."""
+    from likeness_pack.trainers.errors import CheckpointError
+
+    shutil.copyfile(tiny_checkpoint, strict_host.dirs["checkpoints"] / "tiny-sd15.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        _node(loaders).load("tiny-sd15.safetensors")
+    text = str(e.value)
+    assert "tiny-sd15.safetensors" in text and "model_channels 32 and context 32" in text
+    assert "model_channels 320 and context 768" in text and "likeness-tiny-sd15.safetensors" in text
+    assert strict_host.loaded == []  # never passed on
+
+
+def test_the_comfyui_sd15_shape_passes_the_check(strict_host, loaders):
+    from likeness_pack.trainers.handles import ModelHandle
+
+    ok = ModelHandle("m.safetensors", "sd1", "0", info={"unet_shape": {"model_channels": 320, "context_dim": 768}})
+    loaders.check_host_can_load(ok)

@@ -16,8 +16,9 @@ SEED_NAMES = {"seed", "noise_seed"}
 MODE_ALWAYS = 0
 # Widgets a frontend extension adds to a node, after the node's own: the 2024 editor saves their values at the end of
 # ``widgets_values`` (newer editors skip widgets marked ``serialize: false``); the API prompt never has them.
-# The Likeness training monitor (web/js/likeness_monitor.js) adds one DOM widget to each training node.
-FRONTEND_WIDGETS = {"LikenessDreamBoothTrain": 1, "LikenessLoRATrain": 1}
+# The Likeness training monitor (web/js/likeness_monitor.js) adds one DOM widget to each training node, the info box
+# (web/js/likeness_info.js) one to Apply Trained Model.
+FRONTEND_WIDGETS = {"LikenessDreamBoothTrain": 1, "LikenessLoRATrain": 1, "LikenessApplyTrainedModel": 1}
 
 
 class WorkflowError(ValueError):

@@ -38,11 +38,45 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one command (only that command's module is imported)."""
     module, help_text = COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"python -m trainers {command}", description=help_text)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log lines too: -v what is done (info), -vv debug"
+    )
     mod = importlib.import_module(module, __package__)
     add = getattr(mod, f"add_arguments_{command}", None) or mod.add_arguments
     add(parser)
     return parser
+
+
+# Notices that look like failures but are not, dropped from the CLI's output: transformers 5 says this once when
+# diffusers' pipeline module imports CLIP's image processor, which only a safety checker uses (Likeness never loads
+# one), so a missing torchvision changes nothing here.
+KNOWN_NOTICES = (("transformers.utils.import_utils", "requires torchvision (not installed)"),)
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Warnings and errors only by default (each command prints what it did itself, once), written above the progress
+    bars; ``-v`` adds the engine's info lines, ``-vv`` debug. A program that set up logging keeps its handlers."""
+    from .progress import LogHandler
+
+    for name, text in KNOWN_NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) for f in logger.filters):
+            logger.addFilter(_DropNotice(text))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(LogHandler())
+        root.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
+    elif verbosity:
+        root.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     args = build_parser(command).parse_args(argv[1:])
     args.command = command
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(args.verbose)
     mod = importlib.import_module(COMMANDS[command][0], __package__)
     run = getattr(mod, f"run_{command}", None) or mod.run
     try:

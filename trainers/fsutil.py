@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,13 +133,64 @@ def _umask() -> int:
     return mask
 
 
+def stable_header(header: bytes) -> bytes:
+    """A safetensors JSON header with its ``__metadata__`` in sorted key order, the same length.
+
+    safetensors keeps the metadata in a hash map whose order changes from one write to the next, so identical
+    weights and metadata would give different bytes (and a different content hash) every time.
+    """
+    text = header.rstrip(b" ")
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        return header
+    meta = data.get("__metadata__") if isinstance(data, dict) else None
+    if not isinstance(meta, dict) or list(meta) == sorted(meta):
+        return header
+    if _compact_json(data) != text:  # not written the way we would write it: leave it untouched
+        return header
+    data["__metadata__"] = dict(sorted(meta.items()))
+    return _compact_json(data) + header[len(text) :]
+
+
+def _compact_json(data: object) -> bytes:
+    """JSON as safetensors (serde_json) writes it: no spaces, UTF-8, the same escapes."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def stable_safetensors_bytes(blob: bytes) -> bytes:
+    """A serialized safetensors file (``safetensors.torch.save``) with its metadata in a stable order."""
+    if len(blob) < 8:
+        return blob
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = blob[8 : 8 + n]
+    fixed = stable_header(header)
+    return blob if fixed == header else blob[:8] + fixed + blob[8 + n :]
+
+
+def _stabilize_file(path: str | Path) -> None:
+    """Rewrite a safetensors file's header in place with its metadata in a stable order (same length)."""
+    with open(path, "r+b") as f:
+        head = f.read(8)
+        if len(head) < 8:  # not a safetensors file (nothing was written): nothing to reorder
+            return
+        (n,) = struct.unpack("<Q", head)
+        header = f.read(n)
+        fixed = stable_header(header)
+        if fixed != header:
+            f.seek(8)
+            f.write(fixed)
+
+
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file``, with a failed write raised as the ``OSError`` it is (safetensors reports a
-    full disk as its own error type), so callers can tell a full disk from a bug."""
+    """``safetensors.torch.save_file`` with the metadata in a stable order (the same tensors and metadata give the
+    same bytes), and a failed write raised as the ``OSError`` it is (safetensors reports a full disk as its own
+    error type), so callers can tell a full disk from a bug."""
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(path), metadata=metadata)
+        _stabilize_file(path)
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError carries the OS error in its text

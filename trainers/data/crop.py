@@ -34,6 +34,7 @@ from PIL import Image
 from ..configspec import config_hash, opt, to_dict
 from ..errors import ConfigError, DatasetError
 from ..fsutil import STALE_AFTER_S, file_sha256, write_json_atomic
+from ..train.config import DEFAULT_INSTANCE_PROMPT
 from .faces import DETECTORS, Face, FaceDetector, choose_face, make_detector
 from .images import LoadedImage, list_images, read_image
 
@@ -53,7 +54,7 @@ class CropConfig:
     """Options of the face-crop dataset builder (CLI flags and node inputs come from these)."""
 
     instance_prompt: str = opt(
-        "photo of sks person",
+        DEFAULT_INSTANCE_PROMPT,
         "Instance prompt: the caption of every crop (rare token + class), written to the .txt files and passed on "
         "to training.",
     )
@@ -129,7 +130,9 @@ class CropConfig:
         if self.resolution % 8:
             raise ConfigError(f"option 'resolution' is {self.resolution}; use a multiple of 8 (e.g. 512 or 768)")
         if not self.instance_prompt.strip():
-            raise ConfigError("option 'instance_prompt' is empty; describe the subject, e.g. 'photo of sks person'")
+            raise ConfigError(
+                f"option 'instance_prompt' is empty; describe the subject, e.g. '{DEFAULT_INSTANCE_PROMPT}'"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,7 +607,29 @@ def _keep(rep: ImageReport, crop: Image.Image | None, cfg: CropConfig, staging: 
     kept.append((h, rep.output, rep.source))
 
 
-def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float) -> dict:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _dropped(reports: list[ImageReport], shown: int = 4) -> str:
+    """'; dropped: a.jpg (no face found), b.jpg (near-duplicate of c.jpg)' for the photos not kept ('' if none)."""
+    dropped = [r for r in reports if r.status != "kept"]
+    if not dropped:
+        return ""
+
+    def why(r: ImageReport) -> str:
+        if r.duplicate_of:
+            first = next((o.source for o in reports if o.output == r.duplicate_of), r.duplicate_of)
+            return f"near-duplicate of {first}"
+        return r.reason.split(" (")[0] or "skipped"
+
+    names = ", ".join(f"{r.source} ({why(r)})" for r in dropped[:shown])
+    more = f" and {len(dropped) - shown} more (see the report)" if len(dropped) > shown else ""
+    return f"; dropped: {names}{more}"
+
+
+def _verdict(reports: list[ImageReport]) -> tuple[str, int]:
+    """The verdict on a crop (usable count, what to add) and the number of usable images."""
     kept = [r for r in reports if r.status == "kept"]
     serious = [r for r in kept if any(w.startswith(("upscaled", "looks blurry")) for w in r.warnings)]
     usable = len(kept) - len(serious)
@@ -612,12 +637,19 @@ def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector
     if not kept:
         verdict = f"no usable images out of {len(reports)}; DreamBooth wants {RECOMMENDED_IMAGES}+ photos of the face"
     elif usable >= RECOMMENDED_IMAGES:
-        verdict = f"{usable} usable images{extra}: enough for DreamBooth ({RECOMMENDED_IMAGES}+)"
+        verdict = f"{_plural(usable, 'usable image')}{extra}: enough for DreamBooth ({RECOMMENDED_IMAGES}+)"
     else:
         verdict = (
-            f"{usable} usable images{extra}; DreamBooth wants {RECOMMENDED_IMAGES}+: add "
-            f"{RECOMMENDED_IMAGES - usable} more photos of the face (varied angles, light and backgrounds)"
+            f"{_plural(usable, 'usable image')}{extra}; DreamBooth wants {RECOMMENDED_IMAGES}+: add "
+            f"{_plural(RECOMMENDED_IMAGES - usable, 'more photo')} of the face (varied angles, light and backgrounds)"
         )
+    return verdict, usable
+
+
+def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float) -> dict:
+    kept = [r for r in reports if r.status == "kept"]
+    verdict, usable = _verdict(reports)
+    dropped = _dropped(reports)
     return {
         "format": "likeness-facecrop",
         "version": PIPELINE_VERSION,
@@ -633,7 +665,8 @@ def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector
             "warnings": sum(len(r.warnings) for r in kept),
             "several_faces": sum(1 for r in reports if r.faces > 1),
             "duplicates": sum(1 for r in reports if r.duplicate_of),
-            "verdict": verdict,
+            "verdict": verdict + dropped,  # one line for a node or a command to show
+            "dropped": dropped,  # the verdict's last part: the text report lists them already
         },
         "images": [asdict(r) for r in reports],
     }
@@ -668,7 +701,7 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
         lines.append("Warnings:")
         for r in warned:
             lines += [f"  - {r['source']}: {w}" for w in r["warnings"]]
-    lines.append(f"Verdict: {s['verdict']}")
+    lines.append(f"Verdict: {s['verdict'].removesuffix(s.get('dropped', ''))}")
     return "\n".join(lines)
 
 

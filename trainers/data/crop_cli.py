@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..configspec import add_arguments as add_config_arguments
 from ..configspec import from_args
+from ..progress import Bar
 from .crop import CropConfig, build_dataset
 
 
@@ -24,20 +25,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, CropConfig)
 
 
+class CropProgress:
+    """``build_dataset``'s progress callback: a bar at a terminal, else one line per photo on stderr (``lines``)."""
+
+    def __init__(self, lines: bool = True) -> None:
+        self.bar: Bar | None = None
+        self.skipped = 0
+        self.lines = lines
+
+    def __call__(self, done: int, n: int, rep) -> None:
+        self.skipped += not rep.output
+        if self.bar is None:
+            self.bar = Bar("face crop", n, unit="photo")
+        if self.bar.enabled:
+            self.bar.to(done, postfix=f"{self.skipped} skipped" if self.skipped else None)
+        elif self.lines:
+            state = rep.output or f"skipped ({rep.reason})"
+            print(f"[{done}/{n}] {rep.source}: {state}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(CropConfig, args)
-
-    def progress(done: int, n: int, rep) -> None:
-        state = rep.output or f"skipped ({rep.reason})"
-        print(f"[{done}/{n}] {rep.source}: {state}", file=sys.stderr)
-
-    outcome = build_dataset(
-        cfg,
-        input_folder=Path(args.input),
-        output_folder=Path(args.output) if args.output else None,
-        output_root=Path(args.output_root) if args.output_root else None,
-        progress=progress,
-    )
+    progress = CropProgress()
+    try:
+        outcome = build_dataset(
+            cfg,
+            input_folder=Path(args.input),
+            output_folder=Path(args.output) if args.output else None,
+            output_root=Path(args.output_root) if args.output_root else None,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     if args.json:
         import json
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, stable_safetensors_bytes
 from .adapters import te_canonical
 from .weights import SUFFIXES, UNSUPPORTED, LayerWeights, LoraWeights, from_file_group
 
@@ -281,7 +281,7 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
     first = save(dict(tensors), metadata=training_only or None)
     md["sshs_model_hash"] = data_hash(first)
     md["sshs_legacy_hash"] = legacy_file_hash(first)
-    blob = save(dict(tensors), metadata=md)
+    blob = stable_safetensors_bytes(save(dict(tensors), metadata=md))  # same weights -> same bytes
     if data_hash(blob) != md["sshs_model_hash"]:  # the tensor bytes never depend on the header
         raise RuntimeError("safetensors data section changed with the header; cannot record the LoRA hash")
     return blob
@@ -510,7 +510,7 @@ def save_diffusers(
         adapter_md.update({f"{prefix}.{k}": v for k, v in _adapter_config(weights, dropout).items()})
     md = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter_md, sort_keys=True)}
     md.update({k: _s(v) for k, v in (metadata or {}).items()})
-    blob = save(tensors, metadata=md)
+    blob = stable_safetensors_bytes(save(tensors, metadata=md))
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(blob)

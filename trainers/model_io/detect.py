@@ -92,3 +92,32 @@ def detect_architecture(state_dict: dict[str, Any], path: str | Path = "<state d
             "models and cannot be used"
         )
     return "sd1"
+
+
+# ComfyUI recognises an SD1.5 UNet by these two numbers only (``comfy/supported_models.py``: SD15's unet_config);
+# any other SD1-shaped file makes its loader fail deep inside with "'NoneType' object has no attribute ...".
+COMFY_SD15_SHAPE = {"model_channels": 320, "context_dim": 768}
+
+
+def unet_shape(state_dict: dict[str, Any]) -> dict[str, int | None]:
+    """The UNet's ``model_channels`` (input convolution width) and ``context_dim`` (cross-attention input width)."""
+    conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    context = next(
+        (_shape(v)[1] for k, v in state_dict.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")),
+        None,
+    )
+    return {"model_channels": _shape(conv_in)[0] if conv_in is not None else None, "context_dim": context}
+
+
+def comfy_load_problem(info: dict[str, Any], path: str | Path) -> str | None:
+    """Why ComfyUI's own loader cannot load this SD1 checkpoint (None when it can), from ``read_checkpoint`` info."""
+    shape = info.get("unet_shape") or {}
+    if all(shape.get(k) == v for k, v in COMFY_SD15_SHAPE.items()):
+        return None
+    return (
+        f"{path} is SD1-shaped but its UNet has model_channels {shape.get('model_channels')} and context "
+        f"{shape.get('context_dim')}: ComfyUI recognises SD1.5 only at model_channels 320 and context 768, so its "
+        "loader cannot load this file (a tiny test model, e.g. from an older 'python -m trainers demo'?). Pick a real "
+        "SD1.5 checkpoint, or the ComfyUI-loadable tiny model the demo writes "
+        "(likeness-output/models/checkpoints/likeness-tiny-sd15.safetensors)"
+    )

@@ -62,6 +62,15 @@ def write_ldm_file(
     return dest
 
 
+def _stable_config(config: Any) -> dict[str, Any]:
+    """A diffusers model config as a dict that serializes the same every time: diffusers records the options left at
+    their defaults (``_use_default_values``) from a set, whose order changes from one process to the next."""
+    out = dict(config)
+    if isinstance(out.get("_use_default_values"), (list, tuple, set)):
+        out["_use_default_values"] = sorted(out["_use_default_values"])
+    return out
+
+
 def save_single_file(
     components: Components,
     path: str | Path,
@@ -80,8 +89,8 @@ def save_single_file(
         raise ConfigError(f"{path}: a single-file checkpoint is written as .safetensors; change the file name")
     sd = components_to_ldm(components, dtype=_torch_dtype(dtype))
     configs = {
-        "unet": dict(components.unet.config),
-        "vae": dict(components.vae.config),
+        "unet": _stable_config(components.unet.config),
+        "vae": _stable_config(components.vae.config),
         "text_encoder": {
             k: v
             for k, v in components.text_encoder.config.to_dict().items()

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .convert import TEXT_MODEL, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_vae_to_ldm, unet_table
-from .detect import detect_architecture, state_dict_dtype
+from .detect import detect_architecture, state_dict_dtype, unet_shape
 from .diffusers_folder import folder_sources, read_folder
 from .model_configs import build_unet, bundled_config
 
@@ -458,6 +458,7 @@ def _info(read: _Read, out: dict[str, Any]) -> dict[str, Any]:
         "path": p,
         "needs_normalizing": read.renamed or sources.get("vae") != p or sources.get("text_encoder") != p,
         "counts": {name: len(read.parts[name]) for name in ("unet", "vae", "text_encoder")},
+        "unet_shape": unet_shape(read.parts["unet"]),
     }
 
 

@@ -14,6 +14,7 @@ import importlib
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .. import configspec
 from ..errors import ConfigError
@@ -80,7 +81,7 @@ def run_for(command: str, args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty())
+        bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty(), title=command)
         result = run_session(session, handle, cfg.tokenizer, bar, stop=lambda: stop_requested["flag"])
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -97,43 +98,81 @@ def run_for(command: str, args: argparse.Namespace) -> int:
 
 
 class TextProgress:
-    """A one-line progress bar on stderr (or a log line every few seconds when not a terminal)."""
+    """Training progress on stderr: at a terminal a tqdm bar (step/total, loss, lr, it/s, ETA) and a bar while the
+    result is saved; otherwise a line every few seconds (logs, CI). Status lines are written above the bar."""
 
-    def __init__(self, enabled: bool = True, width: int = 30):
-        self.enabled, self.width = enabled, width
+    def __init__(self, enabled: bool = True, title: str = "training"):
+        self.enabled, self.title = enabled, title
         self.last_line = 0.0
+        self.bar = None
+        self.saving = None  # the saving bar, open while the result is written
+        self.saving_path: str | None = None
 
     def on_progress(self, info) -> None:
-        frac = info.step / max(info.total, 1)
+        if info.phase == "saving":
+            self._start_saving()
+            return
+        self._end_saving()
         if info.phase != "training":
-            text = f"{info.phase}..."
-        else:
-            eta = f"{info.eta:.0f}s" if info.eta is not None else "?"
-            text = f"step {info.step}/{info.total} loss {info.loss_smoothed:.4f} lr {info.lr:.2e} eta {eta}"
-            if info.loss_prior is not None:
-                text += f" (subject {info.loss_instance:.4f}, prior {info.loss_prior:.4f})"
+            return
         if self.enabled:
-            filled = int(frac * self.width)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text}\x1b[K")
-            sys.stderr.flush()
+            prior = f" prior {info.loss_prior:.3f}" if info.loss_prior is not None else ""
+            text = f"loss {info.loss_smoothed:.4f}{prior} lr {info.lr:.1e}"
+            if self.bar is None:
+                from ..progress import Bar
+
+                self.bar = Bar(self.title, info.total, unit="step", initial=max(info.step - 1, 0), enabled=True)
+            self.bar.to(info.step, info.total, postfix=text)
         elif time.monotonic() - self.last_line > 5 or info.step == info.total:
             self.last_line = time.monotonic()
-            print(text, file=sys.stderr)
+            eta = f"{info.eta:.0f}s" if info.eta is not None else "?"
+            text = f"loss {info.loss_smoothed:.4f} lr {info.lr:.2e}"
+            if info.loss_prior is not None:
+                text += f" (subject {info.loss_instance:.4f}, prior {info.loss_prior:.4f})"
+            print(f"step {info.step}/{info.total} {text} eta {eta}", file=sys.stderr)
+
+    def _start_saving(self) -> None:
+        if self.saving is None and self.enabled:
+            from ..progress import Bar
+
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            self.saving = Bar("saving", None, bytes_=True, enabled=True)
+
+    def _end_saving(self) -> None:
+        if self.saving is not None:
+            from ..progress import finish_saving
+
+            finish_saving(self.saving, self.saving_path)
+            self.saving.close()
+            self.saving, self.saving_path = None, None
 
     def on_sample(self, step, images, prompts) -> None:
+        self._end_saving()
         self._line(f"step {step}: {len(images)} sample image(s)")
 
     def on_status(self, text: str) -> None:
+        if self.saving is not None and text.startswith("saving ") and self.saving_path is None:
+            self.saving_path = text[len("saving ") :]
+            self.saving.describe(f"saving {Path(self.saving_path).name}")
+            return
+        self._end_saving()
         self._line(text)
 
     def _line(self, text: str) -> None:
         if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-        print(text, file=sys.stderr)
+            from ..progress import write
+
+            write(text)
+        else:
+            print(text, file=sys.stderr)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        self._end_saving()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def add_arguments_dreambooth(parser: argparse.ArgumentParser) -> None:

@@ -15,8 +15,8 @@ Face defaults (DreamBooth, full UNet + text encoder) and where they come from:
   200-300 for faces);
 - text encoder trained (the blog: "fine-tuning the text encoder gives the best results, especially on faces"),
   optionally stopped after a part of the run to save memory/avoid over-fitting;
-- 8-bit Adam, gradient checkpointing and fp16/bf16 to fit 12 GB (diffusers DreamBooth README, "Training on a 12GB
-  GPU").
+- 8-bit Adam, gradient checkpointing and fp16/bf16 to fit smaller GPUs (the figures, with their source, are in the
+  README's "GPU memory" section: stated once).
 """
 
 from __future__ import annotations
