@@ -49,4 +49,9 @@ class Hook:
 
 def hooks_for(config) -> list[Hook]:
     """The hooks a config asks for, in the order they run."""
-    return []
+    hooks: list[Hook] = []
+    if getattr(config, "eval_every", 0):
+        from .evaluation import EvaluationHook
+
+        hooks.append(EvaluationHook(config))
+    return hooks
