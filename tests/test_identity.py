@@ -9,6 +9,7 @@ Faces in the Wild), ``chelsea`` (a cat), and ``tests/data/faces/hopper.jpg`` (Gr
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from pathlib import Path
 
@@ -198,3 +199,38 @@ def test_the_dataset_report_flags_a_photo_of_another_person(tmp_path):
     # the same photos again: the dataset is reused and the report still says it
     again = build_dataset(CropConfig(duplicates="keep"), input_folder=photos, output_root=tmp_path / "out")
     assert again.reused and "IMG_0042.jpg: similarity" in again.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the CLI
+
+
+@requires_backend
+def test_score_cli_prints_a_table_and_json_in_the_order_given(tmp_path, capsys):
+    from trainers.cli import main
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i, (_, im) in enumerate(list(variants(astronaut()).items())[:3]):
+        im.save(ref / f"{i}.png")
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    hopper().save(pics / "b_hopper.jpg")
+    Image.fromarray(data.chelsea()).save(pics / "a_cat.png")
+    astronaut().save(tmp_path / "astronaut.jpg")
+
+    assert main(["score", "--reference", str(ref), str(tmp_path / "astronaut.jpg"), str(pics), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = [(Path(r["name"]).name, r["reason"]) for r in out["images"]]
+    assert rows == [("astronaut.jpg", ""), ("a_cat.png", "no face"), ("b_hopper.jpg", "")]
+    sims = [r["similarity"] for r in out["images"]]
+    assert sims[0] > SAME_PERSON > sims[2] and sims[1] is None
+    assert out["same_person"] == SAME_PERSON and out["reference"]["used"] == 3
+
+    assert main(["score", "--reference", str(ref), str(pics), "--preview", str(tmp_path / "prev")]) == 0
+    table = capsys.readouterr().out
+    assert "no face" in table and "probably someone else" in table and "1 of 2 scored" in table
+    assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == ["0001_a_cat.png", "0002_b_hopper.png"]
+
+    assert main(["score", "--reference", str(pics / "a_cat.png"), str(pics)]) == 2  # not a folder: one clear line
+    assert "is not a folder" in capsys.readouterr().err

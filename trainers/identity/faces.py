@@ -1,6 +1,6 @@
 """Find, align and describe faces: dlib's HOG detector, 5-point landmarks, the 128-number ResNet descriptor.
 
-:func:`analyse` turns one picture into :class:`FaceVector` s, the largest clear face first. Each face is aligned by its 5
+:func:`analyse` turns one picture into :class:`FaceVector` s, largest first. Each face is aligned by its 5
 landmarks (eye corners and the base of the nose) before it is described, so the same person turned, scaled or lit
 differently gets nearly the same descriptor; two descriptors closer than 0.6 (Euclidean) are the same person by
 dlib's own rule. A face whose box is under :data:`MIN_FACE` pixels is found but not described (too few pixels to
@@ -23,11 +23,11 @@ import numpy as np
 from .backend import load
 
 MIN_FACE = 40  # px: the side of a face box below which a face is "too small" to be described
-WEAK = 0.3  # detector score below which a detection is "weak" (often a pattern on clothes): listed after the others
+WEAK = 0.3  # detector score below which a detection is "weak" (often a pattern on clothes): dropped beside clear faces
 DETECT_SIDE = 1024  # px: the longer side of the copy the detector looks at
 UPSAMPLE_UNTIL = 800  # px: pictures at most this long are searched again at twice the size when nothing was found
 UPSAMPLE_TWICE_UNTIL = 400  # px: ...and at four times the size (faces down to ~20 px, reported as too small)
-ANALYSIS_VERSION = 1  # bump when the same picture would give other faces (part of cache keys)
+ANALYSIS_VERSION = 2  # bump when the same picture would give other faces (part of cache keys)
 
 _RUN = threading.Lock()  # dlib's models are shared; one picture at a time
 
@@ -97,8 +97,8 @@ def as_rgb_array(image: Any) -> np.ndarray:
 
 
 def analyse(image: Any) -> list[FaceVector]:
-    """Every face in a picture, each aligned and described (unless too small): the largest clear face first, then
-    the other clear ones by size, then weak detections (score under :data:`WEAK`) by size."""
+    """Every face in a picture, largest first, each aligned and described (unless too small). Weak detections
+    (score under :data:`WEAK`: a badge, a pattern on a shirt) are dropped when the picture has a clear face."""
     rgb = as_rgb_array(image)
     models = load()
     with _RUN:
@@ -123,7 +123,9 @@ def _detect(models, rgb: np.ndarray) -> list[tuple[Any, float]]:
             round(r.left() / scale), round(r.top() / scale), round(r.right() / scale), round(r.bottom() / scale)
         )
         out.append((box, float(s)))
-    return sorted(out, key=lambda item: (item[1] < WEAK, -item[0].width() * item[0].height()))
+    if any(score >= WEAK for _, score in out):
+        out = [item for item in out if item[1] >= WEAK]
+    return sorted(out, key=lambda item: -item[0].width() * item[0].height())
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:

@@ -71,7 +71,7 @@ class ImageScore:
 
 def score_faces(faces: Sequence[Any], centroid: np.ndarray, *, index: int = 0, name: str = "") -> ImageScore:
     """Score one picture's faces (largest first, as :func:`~.faces.analyse` gives them) against a centroid."""
-    from .faces import MIN_FACE, WEAK
+    from .faces import MIN_FACE
 
     per_face = []
     for f in faces:
@@ -89,7 +89,7 @@ def score_faces(faces: Sequence[Any], centroid: np.ndarray, *, index: int = 0, n
         return out
     main = faces[0]
     out.box = main.box
-    rivals = [f for f in faces[1:] if f.score >= WEAK and f.side >= max(SEVERAL_FACES * main.side, MIN_FACE)]
+    rivals = [f for f in faces[1:] if f.side >= max(SEVERAL_FACES * main.side, MIN_FACE)]
     if rivals:
         out.reason = f"{SEVERAL} ({1 + len(rivals)})"
     elif main.vector is None:
