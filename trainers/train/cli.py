@@ -126,6 +126,11 @@ class TextProgress:
     def on_status(self, text: str) -> None:
         self._line(text)
 
+    def on_evaluation(self, info) -> None:
+        from .evaluation import evaluation_line
+
+        self._line(f"step {info.step}: {evaluation_line(info)}")
+
     def _line(self, text: str) -> None:
         if self.enabled:
             sys.stderr.write("\r\x1b[K")

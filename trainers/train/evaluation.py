@@ -363,6 +363,51 @@ def _message(numbers: dict[str, Any]) -> str:
     return ""
 
 
+def evaluation_line(info: EvaluationInfo) -> str:
+    """One line for logs and terminals: likeness, bleed, no-face count, best so far."""
+    if info.state == "off":
+        return info.message
+    parts = []
+    if info.state == "baseline":
+        parts.append("base model's class probes")
+    else:
+        parts.append(f"likeness {info.likeness:.3f}" if info.likeness is not None else "likeness -")
+    if info.bleed is not None:
+        parts.append(f"bleed {info.bleed:+.3f}")
+    parts.append(f"no face {info.no_face}/{info.probes}")
+    if info.best_step is not None:
+        parts.append(f"best {info.best_likeness:.3f} at step {info.best_step}")
+    return ", ".join(parts) + (f" ({info.message})" if info.message else "")
+
+
+def summary_lines(metadata: dict[str, Any]) -> list[str]:
+    """What a result's ``likeness.evaluation`` metadata says, for people (Apply Trained Model's info)."""
+    raw = metadata.get("likeness.evaluation")
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    if data.get("off"):
+        return [f"likeness: not measured ({data['off']})"]
+    history = [h for h in data.get("history") or [] if isinstance(h, dict)]
+    best, kept, last = data.get("best"), data.get("kept_step"), data.get("last_step")
+    if not isinstance(best, dict):
+        return [f"likeness: not measured (no face in the probe images of {len(history)} evaluations)"]
+    lines = [
+        f"likeness: {best.get('likeness', 0):.3f} at step {best.get('step')} (the best of {len(history)} evaluations)"
+    ]
+    if kept is not None and kept != last:
+        lines.append(f"kept step {kept} of {last} (keep_best)")
+    final = history[-1] if history else {}
+    if final.get("likeness") is not None and final.get("step") != best.get("step"):
+        lines.append(f"likeness at the last evaluation (step {final['step']}): {final['likeness']:.3f}")
+    if best.get("bleed") is not None:
+        lines.append(f"bleed {best['bleed']:+.3f} (limit {data.get('bleed_limit', 0):.2f}), judge: {data.get('judge')}")
+    return lines
+
+
 @contextlib.contextmanager
 def _sampling_mode(trainer):
     """Trained modules in eval mode and the offloaded parts on the device while probes render (as samples do)."""

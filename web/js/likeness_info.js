@@ -1,5 +1,6 @@
 // Likeness Apply Trained Model: show on the node how the applied result was trained (its 'info' text: file, steps,
-// instance prompt, rank...). The node sends the text as `ui.text` when it runs; this draws it under the widgets.
+// instance prompt, rank...); Likeness Score: its report. The node sends the text as `ui.text` when it runs; this draws
+// it under the widgets.
 //
 // A DOM widget where the frontend has `addDOMWidget` (2024 and current frontends), else a widget drawn on the
 // graph canvas. Never serialized: it adds nothing to the prompt or to the workflow's widget values.
@@ -7,7 +8,7 @@
 
 import { app } from "../../scripts/app.js";
 
-const NODE = "LikenessApplyTrainedModel";
+const NODES = ["LikenessApplyTrainedModel", "LikenessScore"]; // Likeness Score shows its report the same way
 const WIDGET_NAME = "likeness_info";
 const LINE_HEIGHT = 14;
 
@@ -93,14 +94,14 @@ function showInfo(node, text) {
 app.registerExtension({
   name: "Likeness.ApplyInfo",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE) return;
+    if (!NODES.includes(nodeData?.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const r = onExecuted?.apply(this, arguments);
       try {
         showInfo(this, textOf(message));
       } catch (err) {
-        console.warn("[Likeness] could not show the trained model's info", err);
+        console.warn("[Likeness] could not show the node's info text", err);
       }
       return r;
     };
