@@ -109,7 +109,8 @@ class LikenessScore:
         previews = [draw_scores(p, r) for p, r in zip(pictures, results, strict=True)]
         values = [NO_SCORE if r.similarity is None else round(r.similarity, 4) for r in results]
         log.info("likeness score: %s", report.splitlines()[-1])
-        return {"ui": {"text": [report]}, "result": (values, report, pil_to_image(previews))}
+        # the scores also go to the page (and the API's history) beside the report
+        return {"ui": {"text": [report], "likeness_scores": values}, "result": (values, report, pil_to_image(previews))}
 
 
 NODE_CLASS_MAPPINGS = {"LikenessScore": LikenessScore}

@@ -116,6 +116,27 @@ def probe_set(config) -> list[Probe]:
     return out
 
 
+def render_probes(components, probes: list[Probe], config, *, stop=None, autocast=None) -> list | None:
+    """The probe images (in ``probes`` order) from the components' current weights: DDIM, ``eval_steps`` steps, the
+    samples' guidance, one fixed seed per probe. None when ``stop()`` turned true on the way."""
+    from ..sampling import Abandoned, encode_prompt, make_pipeline, render
+
+    pipe = make_pipeline(components, "ddim")
+    images: list = []
+    for (_, prompt), group in itertools.groupby(probes, key=lambda p: (p.kind, p.prompt)):
+        seeds = [p.seed for p in group]
+        try:
+            with autocast() if autocast else contextlib.nullcontext():
+                embeds = encode_prompt(pipe, prompt, "", config.sample_guidance)
+                images += render(
+                    pipe, embeds, seeds, height=config.resolution, width=config.resolution, steps=config.eval_steps,
+                    guidance=config.sample_guidance, stop=stop,
+                )  # fmt: skip
+        except Abandoned:
+            return None
+    return images
+
+
 def summarise(probes: list[Probe], scores: list[tuple[float | None, str]], base_class: float | None) -> dict:
     """One evaluation's numbers from its probes' scores (see the module docstring)."""
     rows = [
@@ -264,25 +285,9 @@ class EvaluationHook(Hook):
 
     def render(self, trainer, probes: list[Probe]) -> list | None:
         """The probe images from the current weights (None when a stop request cut the rendering short)."""
-        from ..sampling import Abandoned, encode_prompt, make_pipeline, render
-
-        cfg = trainer.cfg
         trainer.cb.on_progress(trainer.phase_info("evaluating"))
-        images: list = []
         with _sampling_mode(trainer):
-            pipe = make_pipeline(trainer.c, "ddim")
-            for (_, prompt), group in itertools.groupby(probes, key=lambda p: (p.kind, p.prompt)):
-                seeds = [p.seed for p in group]
-                try:
-                    with trainer.accel.autocast():
-                        embeds = encode_prompt(pipe, prompt, "", cfg.sample_guidance)
-                        images += render(
-                            pipe, embeds, seeds, height=cfg.resolution, width=cfg.resolution, steps=cfg.eval_steps,
-                            guidance=cfg.sample_guidance, stop=trainer.stop,
-                        )  # fmt: skip
-                except Abandoned:
-                    return None
-        return images
+            return render_probes(trainer.c, probes, trainer.cfg, stop=trainer.stop, autocast=trainer.accel.autocast)
 
     def _snapshot(self, trainer) -> dict[str, Any]:
         import torch
