@@ -7,7 +7,7 @@
 // curves (0-1 axis, the same steps as the loss chart) with the "no face" state.
 
 export const EVAL_COLORS = {
-  likeness: "#7bd88f",
+  likeness: "#c08cff",
   bleed: "#ff6b8b",
   threshold: "#4a5060",
   noFace: "#e0a040",
