@@ -5,6 +5,7 @@ Run from the repository root::
     python -m benchmarks.learning_proof            # full run (3 seeds, 600 steps per training, LoRA too)
     python -m benchmarks.learning_proof --fast     # the settings of tests/test_learning_proof.py (one seed)
     python -m benchmarks.learning_proof --rebuild-base   # pre-train the base model again (~30 min on 2 cores)
+    python -m benchmarks.learning_proof --keep-best --seeds 0 1 2   # keep-best / early stop through the evaluation
     python -m benchmarks.learning_proof --clip ...  # real SD1.5 on a GPU: CLIP-I / CLIP-T (see benchmarks/clip_proof.py)
 
 What happens (CPU, deterministic, every model built in code):
@@ -24,6 +25,10 @@ What happens (CPU, deterministic, every model built in code):
    - ``cls_subj``: class-prompt samples to the nearest subject image (higher = the class was not taken over).
 
 The script prints one table and exits with status 1 when an expected direction fails (see :func:`checks`).
+
+``--keep-best`` runs the product's likeness evaluation (``trainers.train.evaluation``) with :class:`PixelJudge`, a
+pixel score standing in for face identity (the tiny model draws no faces), on a run whose learning rate overshoots:
+it keeps the best step, not the last, and early stop ends it (:class:`KeepBest`, docs/learning_proof.md).
 """
 
 from __future__ import annotations
@@ -521,7 +526,9 @@ def keep_best_main(args) -> int:
         for line in result["status"]:
             if line.startswith(("training ends", "keeping step")):
                 print(f"  {line}")
-        failed |= not (ev["kept_step"] < out.steps_done < out.total_steps)
+        early = "early stop" if out.steps_done < out.total_steps else "no early stop (the best came late)"
+        print(f"  {early}")
+        failed |= not ev["kept_step"] < out.steps_done  # keep-best must have kept an earlier step
     return 1 if failed else 0
 
 

@@ -15,7 +15,7 @@ from test_browser_monitor import (  # noqa: F401 - fixtures
     ADD_FAKE_NODE,
     CKPT_NAME,
     FAKE_NODE,
-    LOAD_AND_QUEUE,
+    QUEUE_FROM_PAGE,
     chrome,
     count_color_pixels,
     page,
@@ -110,6 +110,11 @@ def test_likeness_curve_and_the_no_face_state_in_both_drawing_modes(page):
                 "return [e.dataset.state, e.textContent];"
             )
             assert el[0] == "no face" and "no face" in el[1]
+        page.js_async(  # the run ends: the next mode's fresh node must not adopt it (an API-queued run would be)
+            "const {api} = await import('/scripts/api.js');"
+            "api.dispatchEvent(new CustomEvent('likeness.end', {detail: {node_id: String(args[0]), state: 'stopped'}}));",
+            node_id,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +135,40 @@ def face_inputs(request):
     return host
 
 
+# Node ids of our own (2x): the page's /likeness/status keeps the last run, and test_browser_monitor's runs use 1-4.
+IDS = {"1": "21", "2": "22", "3": "23", "4": "24"}
+TRAIN = int(IDS["3"])
+LOAD = """
+const [prompt, queue] = args;
+app.loadApiJson(prompt);
+if (!app.graph.getNodeById(23)?.likenessMonitor) throw new Error("the training node has no monitor");
+if (!queue) return null;
+"""
+
+
+def renumbered(prompt: dict) -> dict:
+    def link(v):
+        return [IDS[v[0]], v[1]] if isinstance(v, list) and len(v) == 2 and v[0] in IDS else v
+
+    return {IDS[k]: {**n, "inputs": {i: link(v) for i, v in n["inputs"].items()}} for k, n in prompt.items()}
+
+
 def test_a_real_run_shows_no_face_and_its_probes_and_survives_a_reload(page, face_inputs):
     host = face_inputs
     prompt = training_prompt(host, steps=4, sample_every=0, name="monitor_likeness", seed=4)
     prompt["3"]["inputs"]["instance_folder"] = "monitor_faces"
     prompt["2"]["inputs"].update(eval_every=2, eval_steps=2)
-    prompt_id = page.js_async(LOAD_AND_QUEUE, prompt, True)
+    prompt = renumbered(prompt)
+    prompt_id = page.js_async(LOAD + QUEUE_FROM_PAGE, prompt, True)
     st = wait_state(
-        page, 3, lambda s: s["status"] == "finished" and len(s["evaluations"]) >= 3, 600, "the run's evaluations",
+        page, TRAIN, lambda s: s["status"] == "finished" and len(s["evaluations"]) >= 3, 600, "the run's evaluations",
         host, prompt_id,
     )  # fmt: skip
     assert host.wait(prompt_id, timeout=120).status == "success"
     assert [(e["state"], e["step"]) for e in st["evaluations"]] == [("baseline", 0), ("evaluated", 2), ("evaluated", 4)]
     assert st["likeness"]["state"] == "no face" and all(e["no_face"] == 4 for e in st["evaluations"][1:])
     assert len(st["probes"]) == 4 and all("/view?" in u and "type=temp" in u for u in st["probes"])
-    el = "app.graph.getNodeById(3).likenessMonitor.element"
+    el = f"app.graph.getNodeById({TRAIN}).likenessMonitor.element"
     if page.js(f"return !!{el}"):
         page.wait_js(
             f"const im = [...{el}.querySelectorAll('.likeness-monitor-probes img')];"
@@ -154,7 +178,7 @@ def test_a_real_run_shows_no_face_and_its_probes_and_survives_a_reload(page, fac
         )
     time.sleep(1.5)  # the 2024 page saves the workflow to localStorage every second; reload restores it
     page.reload()
-    if not page.js("const n = app.graph.getNodeById(3); return !!(n && n.likenessMonitor)"):
-        page.js_async(LOAD_AND_QUEUE, prompt, False)
-    st = page.state(3)
+    if not page.js(f"const n = app.graph.getNodeById({TRAIN}); return !!(n && n.likenessMonitor)"):
+        page.js_async(LOAD, prompt, False)
+    st = page.state(TRAIN)
     assert [e["step"] for e in st["evaluations"]] == [0, 2, 4] and st["likeness"]["state"] == "no face"

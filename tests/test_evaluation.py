@@ -275,3 +275,22 @@ def test_training_works_without_the_identity_backend(tiny_components, tmp_path, 
     finally:
         monkeypatch.undo()
         backend.reset()
+
+
+def test_the_cli_prints_each_evaluation(capsys):
+    from trainers.train.cli import TextProgress
+    from trainers.train.events import EvaluationInfo
+
+    bar = TextProgress(enabled=False)
+    bar.on_evaluation(EvaluationInfo(0, 10, "baseline", class_similarity=0.3, probes=1))
+    bar.on_evaluation(EvaluationInfo(4, 10, "evaluated", likeness=0.72, bleed=0.03, no_face=1, probes=4, best_step=4,
+                                     best_likeness=0.72, message="1 of 4 probe images without a usable face"))  # fmt: skip
+    bar.on_evaluation(EvaluationInfo(8, 10, "evaluated", no_face=4, probes=4, message="no face in any probe image"))
+    bar.on_evaluation(EvaluationInfo(0, 10, "off", message="likeness evaluation is off: dlib is not installed"))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "step 0: base model's class probes: similarity 0.300, no face 0/1",
+        "step 4: likeness 0.720, bleed +0.030, no face 1/4, best 0.720 at step 4 (1 of 4 probe images without a usable face)",
+        "step 8: likeness -, no face 4/4 (no face in any probe image)",
+        "step 0: likeness evaluation is off: dlib is not installed",
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -87,6 +88,9 @@ def test_training_runs_emit_likeness_evaluations_and_say_no_face(setup, node):
     meta = read_metadata(end["path"])
     history = json.loads(meta["likeness.evaluation"])["history"]
     assert [h["step"] for h in history] == [2, 4] and meta["likeness.kept_step"] == "4"
+    result_file = Path(end["path"])
+    sidecar = json.loads(result_file.with_name(result_file.stem + ".likeness.json").read_text())
+    assert sidecar["metadata"]["likeness.evaluation"] == meta["likeness.evaluation"]
 
 
 def read_metadata(path: str) -> dict:

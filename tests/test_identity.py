@@ -234,3 +234,27 @@ def test_score_cli_prints_a_table_and_json_in_the_order_given(tmp_path, capsys):
 
     assert main(["score", "--reference", str(pics / "a_cat.png"), str(pics)]) == 2  # not a folder: one clear line
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_requirements_install_the_backend_only_where_prebuilt_wheels_exist():
+    """pip evaluates the markers: on a platform without a dlib-bin wheel the two lines are skipped (the install
+    never fails there), and where the wheels exist they are installed."""
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    lines = [ln.split("#")[0].strip() for ln in (root / "requirements.txt").read_text().splitlines()]
+    reqs = {r.name: r for r in (Requirement(ln) for ln in lines if ln)}
+    assert {"dlib-bin", "face_recognition_models"} <= set(reqs)
+
+    def env(system, machine, python):
+        return {"sys_platform": system, "platform_machine": machine, "python_version": python}
+
+    wheels = [env("linux", "x86_64", "3.10"), env("linux", "aarch64", "3.13"), env("win32", "AMD64", "3.12"),
+              env("darwin", "arm64", "3.11"), env("darwin", "x86_64", "3.12")]  # fmt: skip
+    none = [env("linux", "ppc64le", "3.12"), env("win32", "ARM64", "3.12"), env("win32", "x86", "3.11"),
+            env("linux", "x86_64", "3.14")]  # fmt: skip
+    for name in ("dlib-bin", "face_recognition_models"):
+        marker = reqs[name].marker
+        assert marker is not None, f"{name} must carry an environment marker"
+        assert all(marker.evaluate(e) for e in wheels), name
+        assert not any(marker.evaluate(e) for e in none), name

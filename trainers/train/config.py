@@ -195,8 +195,9 @@ class TrainConfig:
     # --- likeness evaluation (train/evaluation.py; defaults and their cost: docs/benchmarks.md) ---
     eval_every: int = opt(
         250,
-        "Measure likeness every N steps and at the end (0 = never): probe images from fixed seeds, scored by face "
-        "identity against the subject photos (needs dlib: pip install dlib-bin face_recognition_models).",
+        "Measure likeness every N steps and at the end (0 = never; a run shorter than N steps is not measured): "
+        "probe images from fixed seeds, scored by face identity against the subject photos (needs dlib: pip install "
+        "dlib-bin face_recognition_models).",
         min=0,
         advanced=True,
     )

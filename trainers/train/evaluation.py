@@ -1,7 +1,8 @@
 """Likeness during training: probe images at fixed seeds, scored against the subject; keep the best step, stop early.
 
 Every ``eval_every`` steps (and after the last step) :class:`EvaluationHook` renders a fixed **probe set** with the
-current weights, through :mod:`..sampling` (DDIM, ``eval_steps`` steps, the samples' guidance):
+current weights, through :mod:`..sampling` (DDIM, ``eval_steps`` steps, the samples' guidance). A run shorter than
+``eval_every`` steps is not evaluated (there is nothing to choose between). The probes:
 
 - the subject prompts ``eval_prompts`` (``{instance}`` = the instance prompt; by default the instance prompt itself
   and two context prompts), ``eval_images`` seeds each;
@@ -209,6 +210,8 @@ class EvaluationHook(Hook):
         patience = self.cfg.early_stop_patience
         if self.off or not patience or self.best is None or self.since_best < patience:
             return None
+        if trainer.step >= self.cfg.steps:
+            return None  # the run ends here anyway
         return (
             f"likeness has not improved for {self.since_best} evaluations (best {self.best['likeness']:.3f} at step "
             f"{self.best['step']})"
@@ -374,7 +377,8 @@ def evaluation_line(info: EvaluationInfo) -> str:
         return info.message
     parts = []
     if info.state == "baseline":
-        parts.append("base model's class probes")
+        similar = f": similarity {info.class_similarity:.3f}" if info.class_similarity is not None else ""
+        parts.append(f"base model's class probes{similar}")
     else:
         parts.append(f"likeness {info.likeness:.3f}" if info.likeness is not None else "likeness -")
     if info.bleed is not None:
@@ -382,7 +386,8 @@ def evaluation_line(info: EvaluationInfo) -> str:
     parts.append(f"no face {info.no_face}/{info.probes}")
     if info.best_step is not None:
         parts.append(f"best {info.best_likeness:.3f} at step {info.best_step}")
-    return ", ".join(parts) + (f" ({info.message})" if info.message else "")
+    note = info.message if info.message and info.state != "baseline" else ""
+    return ", ".join(parts) + (f" ({note})" if note else "")
 
 
 def summary_lines(metadata: dict[str, Any]) -> list[str]:

@@ -347,7 +347,7 @@ const STYLE = `
 .likeness-monitor button.likeness-monitor-stop:not(:disabled) { background: ${COLORS.stop}; border-color: ${COLORS.stop};
   color: #fff; }
 .likeness-monitor button.likeness-monitor-on { border-color: ${COLORS.smooth}; color: ${COLORS.smooth}; }
-.likeness-monitor-chart { flex: 1 1 auto; min-height: 60px; width: 100%; display: block; }
+.likeness-monitor-chart { flex: 1 1 0; min-height: 60px; width: 100%; display: block; }
 .likeness-monitor-stats { display: grid; grid-template-columns: repeat(4, auto); gap: 0 8px; color: ${COLORS.dim}; }
 .likeness-monitor-stats span b { color: ${COLORS.text}; font-weight: 500; }
 .likeness-monitor-thumbs { display: flex; gap: 4px; height: ${THUMB_SIZE}px; flex: 0 0 ${THUMB_SIZE}px; }
@@ -356,11 +356,14 @@ const STYLE = `
   background: #000; cursor: pointer; }
 .likeness-monitor-thumbs img.likeness-monitor-broken { visibility: hidden; }
 .likeness-monitor-msg { color: ${COLORS.dim}; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.likeness-monitor-likeness { width: 100%; height: ${EVAL_HEIGHT}px; flex: 0 0 ${EVAL_HEIGHT}px; display: block; }
-.likeness-monitor-eval { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: ${EVAL_COLORS.likeness}; }
+.likeness-monitor-likeness { width: 100%; height: ${EVAL_HEIGHT}px; flex: 0 0 ${EVAL_HEIGHT}px; display: block;
+  min-width: 0; min-height: 0; }
+.likeness-monitor-eval { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: ${EVAL_COLORS.likeness};
+  min-width: 0; }
 .likeness-monitor-eval[data-state="no face"] { color: ${EVAL_COLORS.noFace}; }
 .likeness-monitor-eval[data-state="off"], .likeness-monitor-eval[data-state="waiting"] { color: ${COLORS.dim}; }
-.likeness-monitor-probes { display: flex; gap: 3px; height: ${PROBE_SIZE}px; flex: 0 0 ${PROBE_SIZE}px; }
+.likeness-monitor-probes { display: flex; gap: 3px; height: ${PROBE_SIZE}px; flex: 0 0 ${PROBE_SIZE}px; min-width: 0;
+  overflow: hidden; }
 .likeness-monitor-probes:empty { display: none; }
 .likeness-monitor-probes img { height: ${PROBE_SIZE}px; width: ${PROBE_SIZE}px; object-fit: cover; border-radius: 3px;
   background: #000; }
@@ -477,8 +480,8 @@ class Monitor {
     const w = c.clientWidth;
     const h = c.clientHeight;
     if (!w || !h) return;
-    c.width = Math.round(w * dpr);
-    c.height = Math.round(h * dpr);
+    if (c.width !== Math.round(w * dpr)) c.width = Math.round(w * dpr);
+    if (c.height !== Math.round(h * dpr)) c.height = Math.round(h * dpr);
     const ctx = c.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     this.likenessDraw = drawLikenessChart(ctx, 0, 0, w, h, this.run(), chartXmax(this.run()), fmtNum);
