@@ -99,8 +99,11 @@ def unet_ratio(latent: int = 32, repeat: int = 2) -> dict[str, float]:
 
     from trainers.model_io.model_configs import build_unet, bundled_config
 
-    torch.manual_seed(0)
-    unet = build_unet(bundled_config("unet"))
+    gen = torch.Generator().manual_seed(0)
+    unet = build_unet(bundled_config("unet")).to_empty(device="cpu")  # built on the meta device
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.02, generator=gen)
     unet.enable_gradient_checkpointing()
     x = torch.randn(2, 4, latent, latent)
     t = torch.tensor([500, 500])
@@ -120,7 +123,31 @@ def unet_ratio(latent: int = 32, repeat: int = 2) -> dict[str, float]:
     probe_step(), train_step()  # warm-up
     probe = _timed(probe_step, repeat)["wall_s"]
     train = _timed(train_step, repeat)["wall_s"]
-    return {"latent": latent, "probe_step_s": probe, "train_step_s": train, "ratio": round(train / probe, 2)}
+    unet.zero_grad(set_to_none=True)  # the gradients go before the VAE is built
+    decode = vae_decode_cost(latent, repeat)
+    return {"latent": latent, "probe_step_s": probe, "train_step_s": train, "ratio": round(train / probe, 2),
+            "vae_decode_s": decode, "decode_in_probe_steps": round(decode / probe, 2)}  # fmt: skip
+
+
+def vae_decode_cost(latent: int, repeat: int) -> float:
+    """Wall seconds of the full-size SD VAE decoding one probe's latents (random weights, fp32, CPU)."""
+    import torch
+
+    from trainers.model_io.model_configs import build_vae, bundled_config
+
+    gen = torch.Generator().manual_seed(1)
+    vae = build_vae(bundled_config("vae")).to_empty(device="cpu")
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.normal_(0, 0.02, generator=gen)
+    z = torch.randn(1, 4, latent, latent)
+
+    def decode():
+        with torch.no_grad():
+            vae.decode(z)
+
+    decode()
+    return _timed(decode, repeat)["wall_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,28 @@ def test_keep_best_saves_the_best_step_and_keep_last_the_last(tiny_components, t
     assert [e.best_step for e in rec.evaluations if e.state == "evaluated"] == [2, 4, 4]
 
 
+def test_keep_best_with_lora_saves_the_best_steps_adapters(tiny_components, tmp_path):
+    from trainers.lora.config import LoRAConfig
+
+    lora = dict(lora_rank=4, lora_alpha=4.0, learning_rate=1e-2, text_encoder_lr=1e-2, save_dtype="fp32")
+
+    @dataclass
+    class ScriptedLoRA(LoRAConfig):
+        def make_judge(self):
+            return ScriptedJudge({2: 0.9, 4: 0.5}, {}, self.eval_images)
+
+    def config(folder: Path, **kw):
+        return from_dict(ScriptedLoRA, {**to_dict(tiny_config(folder)), **lora, "eval_steps": 2, **kw})
+
+    plain = train(config(tmp_path / "a", steps=2, eval_every=0), components=fresh(tiny_components))
+    out = train(config(tmp_path / "b", steps=4, eval_every=2), components=fresh(tiny_components))
+    assert out.metadata["likeness.kept_step"] == "2"
+    assert same_weights(weights(out.path), weights(plain.path))
+    from trainers.lora.kohya import read_kohya
+
+    assert json.loads(read_kohya(out.path).metadata["likeness.evaluation"])["kept_step"] == 2  # in the LoRA file too
+
+
 def test_keep_best_off_keeps_the_last_step(tiny_components, tmp_path):
     plain = train(tiny_config(tmp_path / "a", steps=4, eval_every=0), components=fresh(tiny_components))
     cfg = scripted_config(tmp_path / "b", {2: 0.8, 4: 0.5}, steps=4, eval_every=2, keep_best=False)

@@ -30,6 +30,11 @@ from ..errors import ConfigError
 DEFAULT_INSTANCE_PROMPT = "a photo of sks woman face"
 DEFAULT_CLASS_PROMPT = "a photo of woman face"  # the class images' prompt too: one default everywhere
 DEFAULT_EVAL_PROMPTS = ("{instance}", "{instance}, in a park", "{instance}, at night, neon light")
+EVAL_EVERY_HELP = (
+    "Measure likeness every N steps and at the end (0 = never; a run shorter than N steps is not measured): probe "
+    "images from fixed seeds, scored by face identity against the subject photos (needs dlib: pip install dlib-bin "
+    "face_recognition_models)."
+)
 
 PATH_OPTIONS = (
     "base_model",
@@ -193,14 +198,7 @@ class TrainConfig:
     )
 
     # --- likeness evaluation (train/evaluation.py; defaults and their cost: docs/benchmarks.md) ---
-    eval_every: int = opt(
-        250,
-        "Measure likeness every N steps and at the end (0 = never; a run shorter than N steps is not measured): "
-        "probe images from fixed seeds, scored by face identity against the subject photos (needs dlib: pip install "
-        "dlib-bin face_recognition_models).",
-        min=0,
-        advanced=True,
-    )
+    eval_every: int = opt(250, EVAL_EVERY_HELP + " DreamBooth default 250, LoRA 500.", min=0, advanced=True)
     eval_prompts: list[str] = opt(
         list(DEFAULT_EVAL_PROMPTS),
         "Subject probe prompts, one per line; {instance} is the instance prompt (the class prompt is always probed "
@@ -208,7 +206,7 @@ class TrainConfig:
         advanced=True,
     )
     eval_images: int = opt(1, "Probe images per prompt at each evaluation (fixed seeds).", min=1, max=16, advanced=True)
-    eval_steps: int = opt(20, "Denoising steps per probe image.", min=1, max=200, advanced=True)
+    eval_steps: int = opt(15, "Denoising steps per probe image (DDIM).", min=1, max=200, advanced=True)
     keep_best: bool = opt(
         True,
         "Save the checkpoint with the best likeness (bleed under bleed_limit) instead of the last step.",

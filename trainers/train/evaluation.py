@@ -194,8 +194,10 @@ class EvaluationHook(Hook):
         if self.off:
             self._announce_off(trainer)
             return
-        if self.baseline is None:
+        if self.baseline is None and trainer.step == 0:
             self._baseline(trainer)
+        elif self.baseline is None:  # resumed from a state made while evaluation was off: no base model to compare
+            self.baseline = {"step": trainer.step, "class_similarity": None}
         if self.pending is not None and self.pending == trainer.step:
             self.evaluate(trainer)
 
