@@ -88,23 +88,29 @@ class LikenessScore:
                     },
                 ),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def IS_CHANGED(cls, reference_folder: str = "", **_):
         return bridge.input_folder_stamp(reference_folder)
 
-    def score(self, images, reference=None, reference_folder: str = ""):
+    def score(self, images, reference=None, reference_folder: str = "", unique_id=None):
         from ..trainers.identity.backend import load
         from ..trainers.identity.cli import load_reference
-        from ..trainers.identity.scoring import draw_scores, format_table, score
+        from ..trainers.identity.faces import analyse
+        from ..trainers.identity.scoring import draw_scores, format_table, score_faces
         from .images import image_to_pil, pil_to_image
 
         load()  # a missing backend: one line saying what to install
         folder = reference_path(reference, reference_folder)
         ref = load_reference(str(folder))
         pictures = image_to_pil(images)
-        results = score(pictures, ref, names=[f"image {i + 1}" for i in range(len(pictures))])
+        bar = bridge.Progress(len(pictures), node_id=unique_id)
+        results = []
+        for i, picture in enumerate(pictures):
+            results.append(score_faces(analyse(picture), ref.centroid, index=i, name=f"image {i + 1}"))
+            bar.set(i + 1)  # also where Cancel stops a long batch
         report = f"reference folder: {folder}\n{format_table(results, ref)}"
         previews = [draw_scores(p, r) for p, r in zip(pictures, results, strict=True)]
         values = [NO_SCORE if r.similarity is None else round(r.similarity, 4) for r in results]

@@ -41,11 +41,26 @@ def host(tmp_path, monkeypatch):
     fp.get_input_directory = lambda: str(dirs["input"])
     fp.get_output_directory = lambda: str(dirs["output"])
     fp.get_temp_directory = lambda: str(dirs["temp"])
+    comfy = types.ModuleType("comfy")
+    utils = types.ModuleType("comfy.utils")
+    progress: list[int] = []
+
+    class ProgressBar:  # the 2024 host's signature: no node_id
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            progress.append(value)
+
+    utils.ProgressBar = ProgressBar
+    comfy.utils = utils
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
     server = types.ModuleType("server")
     server.PromptServer = types.SimpleNamespace(instance=FakeServer())
     monkeypatch.setitem(sys.modules, "folder_paths", fp)
     monkeypatch.setitem(sys.modules, "server", server)
-    return types.SimpleNamespace(**dirs, sent=server.PromptServer.instance.sent)
+    return types.SimpleNamespace(**dirs, sent=server.PromptServer.instance.sent, progress=progress)
 
 
 def batch(images: list[Image.Image], side: int = 512):
@@ -82,7 +97,8 @@ def test_score_node_scores_a_batch_in_order_against_a_folder(pack, host):
     assert torch.equal(images, before)  # the input is never changed
     lines = report.splitlines()
     assert "3 of 3 photos with a usable face" in report and "no face" in lines[-2] and "1 of 3" not in report
-    assert out["ui"]["text"] == [report]
+    assert out["ui"]["text"] == [report] and out["ui"]["likeness_scores"] == scores
+    assert host.progress == [1, 2, 3]  # one progress step per picture (where Cancel can stop a long batch)
 
 
 @requires_backend
