@@ -5,6 +5,7 @@ Run from the repository root::
     python -m benchmarks.learning_proof            # full run (3 seeds, 600 steps per training, LoRA too)
     python -m benchmarks.learning_proof --fast     # the settings of tests/test_learning_proof.py (one seed)
     python -m benchmarks.learning_proof --rebuild-base   # pre-train the base model again (~30 min on 2 cores)
+    python -m benchmarks.learning_proof --keep-best --seeds 0 1 2   # keep-best / early stop through the evaluation
     python -m benchmarks.learning_proof --clip ...  # real SD1.5 on a GPU: CLIP-I / CLIP-T (see benchmarks/clip_proof.py)
 
 What happens (CPU, deterministic, every model built in code):
@@ -24,6 +25,10 @@ What happens (CPU, deterministic, every model built in code):
    - ``cls_subj``: class-prompt samples to the nearest subject image (higher = the class was not taken over).
 
 The script prints one table and exits with status 1 when an expected direction fails (see :func:`checks`).
+
+``--keep-best`` runs the product's likeness evaluation (``trainers.train.evaluation``) with :class:`PixelJudge`, a
+pixel score standing in for face identity (the tiny model draws no faces), on a run whose learning rate overshoots:
+it keeps the best step, not the last, and early stop ends it (:class:`KeepBest`, docs/learning_proof.md).
 """
 
 from __future__ import annotations
@@ -197,6 +202,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
         optimizer="adamw",
         sample_every=0,
         sample_prompts=[],
+        eval_every=0,  # these runs measure the final weights themselves (keep-best has its own run below)
     )
     if variant.startswith("lora"):
         cfg = ProofLoRA(
@@ -252,6 +258,100 @@ def means(runs: list[Run]) -> dict[str, dict[str, float]]:
         out[name] = {k: sum(r.metrics[k] for r in rs) / len(rs) for k in rs[0].metrics}
         out[name]["seconds"] = sum(r.seconds for r in rs) / len(rs)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# keep the best, stop early: the product's evaluation seam with a pixel judge
+
+
+SUBJECT_MSE_SCALE = 0.2  # pixel score 0 at this MSE to the nearest subject image (the base model is at ~0.105)
+
+
+class PixelJudge:
+    """The proof's subject score for the training loop's evaluation (``trainers.train.evaluation``): a probe's MSE to
+    the nearest subject image, as ``1 - mse / SUBJECT_MSE_SCALE`` clamped to 0-1. The tiny model draws no faces, so
+    this stands in for face identity; every probe gets a score."""
+
+    name = "pixels (learning proof)"
+
+    def __init__(self, subject) -> None:
+        self.subject = subject  # (N, H, W, 3) in 0..1
+
+    def prepare(self, trainer) -> str | None:
+        return None
+
+    def score(self, images: list) -> list[tuple[float | None, str]]:
+        samples = pd.to_unit_array(images)
+        mse = ((samples[:, None] - self.subject[None]) ** 2).mean(axis=(2, 3, 4)).min(axis=1)
+        return [(float(min(1.0, max(0.0, 1.0 - m / SUBJECT_MSE_SCALE))), "") for m in mse]
+
+
+@dataclass(frozen=True)
+class KeepBest:
+    """The keep-best / early-stop run: DreamBooth without prior at 5x the proof's learning rate, which learns the
+    subject quickly and then drifts away from it (docs/learning_proof.md)."""
+
+    steps: int = 500
+    learning_rate: float = 1e-3
+    eval_every: int = 50
+    eval_images: int = 4
+    eval_steps: int = 12
+    patience: int = 3
+    subject_images: int = 5
+    seed: int = 0
+
+
+def keep_best_config(root: Path, base_path: Path, kb: KeepBest):
+    """The product's DreamBooth config (proof resolution) whose judge is :class:`PixelJudge`."""
+    ProofDreamBooth, _ = proof_configs()
+    subject = pd.to_unit_array(pd.subject_images(kb.subject_images))
+
+    @dataclass
+    class PixelJudged(ProofDreamBooth):
+        def make_judge(self):
+            return PixelJudge(subject)
+
+    return PixelJudged(
+        base_model=str(base_path), instance_data=str(root / "instance"), instance_prompt=pd.INSTANCE_PROMPT,
+        class_prompt=pd.CLASS_PROMPT, prior_preservation=False, output=str(root / "out" / f"keep_best_{kb.seed}.safetensors"),
+        overwrite=True, steps=kb.steps, learning_rate=kb.learning_rate, seed=kb.seed, train_text_encoder=True,
+        gradient_checkpointing=False, device="cpu", mixed_precision="fp32", optimizer="adamw", sample_every=0,
+        sample_at_end=False, sample_guidance=1.0, save_dtype="fp32", eval_every=kb.eval_every,
+        eval_prompts=["{instance}"], eval_images=kb.eval_images, eval_steps=kb.eval_steps,
+        early_stop_patience=kb.patience, bleed_limit=1.0,
+    )  # fmt: skip
+
+
+def run_keep_best(kb: KeepBest = KeepBest(), base_path: Path = pb.BASE_PATH, workdir: Path | None = None) -> dict:
+    """Train with evaluation on; returns the outcome, its evaluation record, the trained parts and the config."""
+    import json
+
+    from trainers.train import Callbacks, train
+
+    status: list[str] = []
+
+    class Status(Callbacks):
+        def on_status(self, text: str) -> None:
+            status.append(text)
+
+    with tempfile.TemporaryDirectory(prefix="likeness-keep-best-") as tmp:
+        root = Path(workdir or tmp)
+        write_images(root / "instance", pd.subject_images(kb.subject_images))
+        cfg = keep_best_config(root, base_path, kb)
+        parts = pb.load_base(base_path)
+        outcome = train(cfg, components=parts, callbacks=Status())
+    record = json.loads(outcome.metadata["likeness.evaluation"])
+    return {"outcome": outcome, "evaluation": record, "parts": parts, "config": cfg, "status": status}
+
+
+def keep_best_table(result: dict) -> str:
+    """The evaluation history as a Markdown table, the kept step marked."""
+    ev = result["evaluation"]
+    lines = ["| step | likeness | class similarity | kept |", "|---|---|---|---|"]
+    for h in ev["history"]:
+        mark = "**kept**" if h["step"] == ev["kept_step"] else ""
+        lines.append(f"| {h['step']} | {h['likeness']:.4f} | {h['class_similarity']:.4f} | {mark} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override Settings fields")
     parser.add_argument("--grid", type=Path, help="also save a PNG of the samples of the first seed")
     parser.add_argument(
+        "--keep-best", action="store_true", help="only the keep-best / early-stop run (evaluation with a pixel judge)"
+    )
+    parser.add_argument(
         "--clip",
         action="store_true",
         help="real SD1.5 on a GPU: CLIP-I / CLIP-T (options: python -m benchmarks.clip_proof --help)",
@@ -386,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.rebuild_base:
         pb.build_base(args.base)
+    if args.keep_best:
+        return keep_best_main(args)
     settings = FAST if args.fast else FULL
     if args.seeds:
         settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
@@ -407,6 +512,23 @@ def main(argv: list[str] | None = None) -> int:
     for text, ok in checks(result):
         print(("PASS  " if ok else "FAIL  ") + text)
         failed |= not ok
+    return 1 if failed else 0
+
+
+def keep_best_main(args) -> int:
+    """``--keep-best``: the run per seed, its history and what was kept and why."""
+    failed = False
+    for seed in args.seeds or [0]:
+        result = run_keep_best(KeepBest(seed=seed), args.base)
+        out, ev = result["outcome"], result["evaluation"]
+        print(f"seed {seed}: {out.steps_done} of {out.total_steps} steps; kept step {ev['kept_step']}")
+        print(keep_best_table(result))
+        for line in result["status"]:
+            if line.startswith(("training ends", "keeping step")):
+                print(f"  {line}")
+        early = "early stop" if out.steps_done < out.total_steps else "no early stop (the best came late)"
+        print(f"  {early}")
+        failed |= not ev["kept_step"] < out.steps_done  # keep-best must have kept an earlier step
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ from . import bridge
 log = logging.getLogger("likeness")
 
 # Node modules, in menu order. Each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_MODULES = ("loaders", "faces", "classes", "training", "options", "lora", "apply")
+_MODULES = ("loaders", "faces", "classes", "training", "options", "lora", "apply", "score")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -106,6 +106,9 @@ def describe(kind: str, path: str | Path, metadata: dict[str, Any]) -> str:
         alpha = metadata.get("ss_network_alpha") or cfg.get("lora_alpha")
         if rank:
             lines.append(f"rank {rank}, alpha {alpha}")
+    from ..trainers.train.evaluation import summary_lines
+
+    lines += summary_lines(metadata)
     base = metadata.get("likeness.base_model_sha256") or metadata.get("ss_sd_model_hash")
     if base:
         lines.append(f"base model sha256: {str(base)[:16]}…")

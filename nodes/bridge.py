@@ -172,14 +172,14 @@ def raise_if_interrupted() -> None:
 
 # Monitor state: what GET /likeness/status returns, so a page opened mid-run catches up.
 _STATE_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"run": None, "history": [], "samples": []}
+_STATE: dict[str, Any] = {"run": None, "history": [], "samples": [], "evaluations": []}
 _HISTORY_MAX = 5000
 
 
 def _record(event: str, data: dict[str, Any]) -> None:
     with _STATE_LOCK:
         if event == "start":
-            _STATE.update(run=dict(data, state="running"), history=[], samples=[])
+            _STATE.update(run=dict(data, state="running"), history=[], samples=[], evaluations=[])
         elif event == "progress" and _STATE["run"] is not None:
             _STATE["history"].append(data)
             del _STATE["history"][:-_HISTORY_MAX]
@@ -187,6 +187,10 @@ def _record(event: str, data: dict[str, Any]) -> None:
         elif event == "sample" and _STATE["run"] is not None:
             _STATE["samples"].append(data)
             del _STATE["samples"][:-50]
+        elif event == "evaluation" and _STATE["run"] is not None:
+            evaluations = _STATE.setdefault("evaluations", [])
+            evaluations.append(data)
+            del evaluations[:-200]
         elif event == "end" and _STATE["run"] is not None:
             _STATE["run"].update(data, state=data.get("state", "finished"))
 
@@ -214,7 +218,12 @@ def _json_safe(value: Any) -> Any:
 def status_snapshot() -> dict[str, Any]:
     with _STATE_LOCK:
         run = dict(_STATE["run"]) if _STATE["run"] else None
-        return {"run": run, "history": list(_STATE["history"]), "samples": list(_STATE["samples"])}
+        return {
+            "run": run,
+            "history": list(_STATE["history"]),
+            "samples": list(_STATE["samples"]),
+            "evaluations": list(_STATE.get("evaluations", [])),
+        }
 
 
 def send_event(event: str, data: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """The training monitor's Python half: engine callbacks -> ComfyUI's progress bar, ``likeness.*`` events for the page
-(``web/js/likeness_monitor.js`` draws them) and sample images in the temp folder; Cancel becomes the engine's stop."""
+(``web/js/likeness_monitor.js`` draws them) and sample and probe images in the temp folder; Cancel becomes the
+engine's stop."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ class TrainingMonitor:
 
     def on_status(self, text: str) -> None:
         log.info("likeness: %s", text)
+
+    def on_evaluation(self, info) -> None:
+        """A likeness evaluation: its numbers and probe images (in the temp folder) to the page."""
+        folder = bridge.temp_dir() / bridge.SUBFOLDER
+        files = []
+        if info.images:
+            folder.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(info.images):
+            fname = f"eval_{self.node_id}_{self.name}_{info.step:06d}_{info.state}_{i}.png"
+            im.save(folder / fname)
+            files.append({"filename": fname, "subfolder": bridge.SUBFOLDER, "type": "temp"})
+        bridge.send_event("evaluation", {"node_id": self.node_id, **info.as_event(), "images": files})
+        if info.state != "off":
+            from ..trainers.train.evaluation import evaluation_line
+
+            log.info("likeness: step %d: %s", info.step, evaluation_line(info))

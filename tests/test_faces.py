@@ -110,7 +110,9 @@ def _lfw_outcome(tmp_path_factory):
         for f in faces
     ]
     out = tmp_path_factory.mktemp("lfw")
-    return build_dataset(CropConfig(duplicates="keep", resolution=256), images=up, output_root=out)
+    # 100 different people: the identity check (tests/test_identity.py) would only add ~30 s here
+    cfg = CropConfig(duplicates="keep", resolution=256, identity_check=False)
+    return build_dataset(cfg, images=up, output_root=out)
 
 
 @pytest.fixture(scope="module")

@@ -120,3 +120,36 @@ def test_clip_towers_load_from_single_files(tmp_path):
     assert p.contexts((" on a beach",)) == [
         ("a photo of sks woman face on a beach", "a photo of woman face on a beach")
     ]
+
+
+@pytest.mark.slow
+def test_keep_best_keeps_an_earlier_step_and_early_stop_ends_the_run():
+    """The product's evaluation seam in a real CPU run, with the proof's pixel judge: at 5x the proof's learning rate
+    DreamBooth learns the subject and then drifts from it; the run keeps its best step (not the last) and stops once
+    ``patience`` evaluations in a row bring nothing new. The weights put back are exactly the ones that were measured.
+    """
+    from trainers.train.evaluation import probe_set, render_probes
+
+    kb = lp.KeepBest()
+    result = lp.run_keep_best(kb)
+    out, ev = result["outcome"], result["evaluation"]
+    history = ev["history"]
+    print("\n" + lp.keep_best_table(result))
+    # early stop: finished (and saved) before its steps, after `patience` evaluations without a new best
+    assert out.state == "finished" and out.path is not None
+    assert out.steps_done < out.total_steps == kb.steps
+    assert any(
+        s.startswith(f"training ends at step {out.steps_done}: likeness has not improved") for s in result["status"]
+    )
+    best = max(history, key=lambda h: h["likeness"])
+    after = [h for h in history if h["step"] > best["step"]]
+    assert len(after) == kb.patience and all(h["likeness"] < best["likeness"] for h in after)
+    # keep-best: the result is the best step's weights, not the last step's
+    assert ev["kept_step"] == best["step"] < out.steps_done and out.metadata["likeness.kept_step"] == str(best["step"])
+    assert best["likeness"] > history[0]["likeness"]  # it did learn the subject before drifting
+    # the components now hold the kept weights: the same probes score exactly what the best evaluation measured
+    cfg = result["config"]
+    probes = [p for p in probe_set(cfg) if p.kind == "subject"]
+    images = render_probes(result["parts"], probes, cfg)
+    scores = cfg.make_judge().score(images)
+    assert sum(s for s, _ in scores) / len(scores) == pytest.approx(best["likeness"], abs=1e-4)

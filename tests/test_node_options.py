@@ -137,7 +137,8 @@ def _layouts_v0() -> dict:
 def test_the_v0_layouts_match_workflows_saved_by_likeness_0_1(nodes):
     """The migration reads pre-names workflows with LAYOUTS_V0; check the table against real saved files."""
     layouts = _layouts_v0()
-    assert set(layouts) == set(nodes)
+    new_since_v0 = {"LikenessScore"}  # no workflow of 0.1 holds it: it is saved with its widget names
+    assert set(layouts) == set(nodes) - new_since_v0
     seen = set()
     for path in sorted((ROOT / "tests" / "data" / "workflows_v0").glob("*.json")):
         for node in json.loads(path.read_text())["nodes"]:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classes": (".classgen.cli", "generate (or top up) a prior-preservation class image set"),
     "dreambooth": (".train.cli", "DreamBooth fine-tuning of the whole UNet (and text encoder)"),
     "lora": (".train.cli", "LoRA training on the same engine"),
+    "score": (".identity.cli", "likeness: score pictures against photos of the subject (face identity)"),
 }
 
 

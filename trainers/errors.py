@@ -38,3 +38,7 @@ class SaveFailed(LikenessError):
 
 class OutputExists(ConfigError):
     """The file to write exists already (and replacing it was not asked for)."""
+
+
+class IdentityUnavailable(LikenessError):
+    """The face-identity backend (dlib + its model files) is not installed; the message says what to install."""

@@ -110,6 +110,12 @@ class CropConfig:
         max=10000.0,
         advanced=True,
     )
+    identity_check: bool = opt(
+        True,
+        "Compare the faces with each other (face identity, when dlib is installed) and flag a photo that is probably "
+        "someone else; also reports the spread of head poses.",
+        advanced=True,
+    )
     max_megapixels: float = opt(
         80.0,
         "Refuse photos larger than this many megapixels (decompression-bomb guard).",
@@ -256,6 +262,7 @@ class ImageReport:
     duplicate_of: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    identity: dict[str, Any] | None = None  # similarity to the other photos, head turn and tilt (identity check)
 
 
 Loader = Callable[[], LoadedImage]
@@ -432,7 +439,7 @@ def dataset_key(sources: Sequence[Source], cfg: CropConfig, detector_name: str) 
     """Identity of the dataset a run will produce: input names + bytes, options, detector and pipeline version."""
     h = hashlib.sha256()
     h.update(f"likeness-facecrop-v{PIPELINE_VERSION}\n{detector_name}\n".encode())
-    h.update(config_hash(cfg, exclude=("workers", "recursive")).encode())
+    h.update(config_hash(cfg, exclude=("workers", "recursive", "identity_check")).encode())
     for s in sources:
         h.update(f"\n{s.name}\0{s.identity}".encode())
     return h.hexdigest()[:16]
@@ -469,6 +476,9 @@ def build_dataset(
     previous = _read_report(folder)
     if previous is not None and previous.get("key") == key and _complete(folder, previous):
         log.info("face crop: reusing %s (same photos and options)", folder)
+        if cfg.identity_check and "identity" not in previous:  # a dataset made before the check existed
+            kept = [(r["source"], r["output"]) for r in previous["images"] if r.get("status") == "kept"]
+            previous = {**previous, "identity": identity_section(folder, kept)}
         text = format_report(previous, folder)
         return CropOutcome(folder, previous["summary"]["kept"], key, previous, text, reused=True)
     if folder.exists() and any(folder.iterdir()) and previous is None:
@@ -484,7 +494,8 @@ def build_dataset(
     t0 = time.perf_counter()
     try:
         reports = _process_all(sources, cfg, detector, staging, progress)
-        report = _make_report(reports, cfg, key, detector.name, time.perf_counter() - t0)
+        identity = _check_identity(staging, reports) if cfg.identity_check else None
+        report = _make_report(reports, cfg, key, detector.name, time.perf_counter() - t0, identity)
         write_json_atomic(staging / REPORT_NAME, report)
         _install(staging, folder, previous)
     except OSError as e:
@@ -607,6 +618,38 @@ def _keep(rep: ImageReport, crop: Image.Image | None, cfg: CropConfig, staging: 
     kept.append((h, rep.output, rep.source))
 
 
+def identity_section(folder: Path, kept: list[tuple[str, str]]) -> dict[str, Any]:
+    """The report's identity check over the crops ``(source name, crop file)`` in ``folder`` (see
+    :mod:`..identity.consistency`); without the backend, a section that says what to install."""
+    from ..identity import backend
+    from ..identity.consistency import consistency, unavailable
+
+    ok, message = backend.status()
+    if not ok:
+        return unavailable(message)
+    from ..identity.reference import build_reference
+
+    try:
+        return consistency(build_reference([(name, folder / out) for name, out in kept]))
+    except Exception as e:  # noqa: BLE001 - an optional check must never cost the user the dataset
+        log.warning("face crop: identity check failed: %s", e, exc_info=True)
+        return unavailable(f"it failed: {type(e).__name__}: {e}")
+
+
+def _check_identity(staging: Path, reports: list[ImageReport]) -> dict[str, Any]:
+    """The identity section, with each kept photo's own figures copied into its report entry."""
+    section = identity_section(staging, [(r.source, r.output) for r in reports if r.status == "kept"])
+    flags = {f["name"]: f["why"] for f in section.get("flagged", [])}
+    by_name = {p["name"]: p for p in section.get("photos", [])}
+    for r in reports:
+        if r.source in by_name:
+            r.identity = {
+                **{k: v for k, v in by_name[r.source].items() if k != "name"},
+                "flag": flags.get(r.source, ""),
+            }
+    return section
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -646,7 +689,9 @@ def _verdict(reports: list[ImageReport]) -> tuple[str, int]:
     return verdict, usable
 
 
-def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float) -> dict:
+def _make_report(
+    reports: list[ImageReport], cfg: CropConfig, key: str, detector: str, seconds: float, identity=None
+) -> dict:
     kept = [r for r in reports if r.status == "kept"]
     verdict, usable = _verdict(reports)
     dropped = _dropped(reports)
@@ -669,6 +714,7 @@ def _make_report(reports: list[ImageReport], cfg: CropConfig, key: str, detector
             "dropped": dropped,  # the verdict's last part: the text report lists them already
         },
         "images": [asdict(r) for r in reports],
+        **({"identity": identity} if identity is not None else {}),
     }
 
 
@@ -701,6 +747,9 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
         lines.append("Warnings:")
         for r in warned:
             lines += [f"  - {r['source']}: {w}" for w in r["warnings"]]
+    from ..identity.consistency import format_lines
+
+    lines += format_lines(report.get("identity"))
     lines.append(f"Verdict: {s['verdict'].removesuffix(s.get('dropped', ''))}")
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..configspec import opt
 from ..errors import ConfigError
-from ..train.config import TrainConfig
+from ..train.config import EVAL_EVERY_HELP, TrainConfig
 
 LAYER_SETS = ("attention", "attention_ff", "all")  # = adapters.LAYER_SETS (kept here to stay torch-free)
 LORA_TYPES = ("lora", "loha", "lokr")  # = weights.KINDS
@@ -42,6 +42,8 @@ class LoRAConfig(TrainConfig):
     """LoRA: train small low-rank adapters (the base model stays frozen) and save a kohya/A1111 LoRA file."""
 
     learning_rate: float = opt(1e-4, "Learning rate of the LoRA adapters (1e-4 is the usual LoRA value).", min=0.0)
+    # a LoRA step costs less than a DreamBooth step: rarer probes keep evaluation under 10 % (docs/benchmarks.md)
+    eval_every: int = opt(500, EVAL_EVERY_HELP + " DreamBooth default 250, LoRA 500.", min=0, advanced=True)
     text_encoder_lr: float = opt(
         5e-5, "Learning rate of the text encoder adapters (0 = same as learning_rate).", min=0.0, step=1e-7,
         advanced=True,

@@ -160,6 +160,11 @@ class TextProgress:
         self._end_saving()
         self._line(text)
 
+    def on_evaluation(self, info) -> None:
+        from .evaluation import evaluation_line
+
+        self._line(f"step {info.step}: {evaluation_line(info)}")
+
     def _line(self, text: str) -> None:
         if self.enabled:
             from ..progress import write

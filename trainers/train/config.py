@@ -29,6 +29,12 @@ from ..errors import ConfigError
 
 DEFAULT_INSTANCE_PROMPT = "a photo of sks woman face"
 DEFAULT_CLASS_PROMPT = "a photo of woman face"  # the class images' prompt too: one default everywhere
+DEFAULT_EVAL_PROMPTS = ("{instance}", "{instance}, in a park", "{instance}, at night, neon light")
+EVAL_EVERY_HELP = (
+    "Measure likeness every N steps and at the end (0 = never; a run shorter than N steps is not measured): probe "
+    "images from fixed seeds, scored by face identity against the subject photos (needs dlib: pip install dlib-bin "
+    "face_recognition_models)."
+)
 
 PATH_OPTIONS = (
     "base_model",
@@ -192,6 +198,37 @@ class TrainConfig:
         None, "Resume from a state folder, or 'latest' (the newest in state_dir).", node=False, advanced=True
     )
 
+    # --- likeness evaluation (train/evaluation.py; defaults and their cost: docs/benchmarks.md) ---
+    eval_every: int = opt(250, EVAL_EVERY_HELP + " DreamBooth default 250, LoRA 500.", min=0, advanced=True)
+    eval_prompts: list[str] = opt(
+        list(DEFAULT_EVAL_PROMPTS),
+        "Subject probe prompts, one per line; {instance} is the instance prompt (the class prompt is always probed "
+        "too, for bleed).",
+        advanced=True,
+    )
+    eval_images: int = opt(1, "Probe images per prompt at each evaluation (fixed seeds).", min=1, max=16, advanced=True)
+    eval_steps: int = opt(15, "Denoising steps per probe image (DDIM).", min=1, max=200, advanced=True)
+    keep_best: bool = opt(
+        True,
+        "Save the checkpoint with the best likeness (bleed under bleed_limit) instead of the last step.",
+        advanced=True,
+    )
+    keep_last: bool = opt(
+        False, "With keep_best: also save the last step as <name>_last when an earlier step was kept.", advanced=True
+    )
+    bleed_limit: float = opt(
+        0.15,
+        "Bleed limit for keep_best: how much closer to the subject the class prompt's probes may get than the base "
+        "model's (similarity, 0-1).",
+        min=0.0,
+        max=1.0,
+        advanced=True,
+    )
+    early_stop_patience: int = opt(
+        0, "Stop when likeness has not improved for this many evaluations (0 = never stop early).", min=0,
+        advanced=True,
+    )  # fmt: skip
+
     def check(self) -> None:
         if self.resolution % 8:
             raise ConfigError(
@@ -211,6 +248,8 @@ class TrainConfig:
                 "option 'optimizer' is adamw8bit but bitsandbytes is not installed: "
                 "'pip install bitsandbytes' (CUDA only) or choose optimizer=adamw"
             )
+        if self.eval_every and not any(p.strip() for p in self.eval_prompts):
+            raise ConfigError("option 'eval_prompts' is empty; give at least one subject prompt, e.g. '{instance}'")
         if self.lr_warmup_steps and self.lr_scheduler == "constant":
             raise ConfigError(
                 "option 'lr_warmup_steps' has no effect with lr_scheduler=constant; "

@@ -1,8 +1,8 @@
 """What a front end sees of a training run: progress reports, the callbacks it implements, the outcome.
 
-The engine never prints and never imports a front end. It calls :class:`Callbacks` (progress, samples, status) and
-polls a ``stop()`` callable every step; the ComfyUI nodes turn these into a progress bar and ``likeness.*`` browser
-events, the CLI into a terminal bar.
+The engine never prints and never imports a front end. It calls :class:`Callbacks` (progress, samples, status,
+likeness evaluations) and polls a ``stop()`` callable every step; the ComfyUI nodes turn these into a progress bar
+and ``likeness.*`` browser events, the CLI into a terminal bar.
 """
 
 from __future__ import annotations
@@ -32,6 +32,35 @@ class ProgressInfo:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass
+class EvaluationInfo:
+    """One likeness evaluation (also the payload of the ``likeness.evaluation`` browser event, without the images).
+
+    ``state`` is ``baseline`` (the base model's class probes, before training), ``evaluated``, or ``off`` (``message``
+    says why: no identity backend, no face in the subject photos). ``likeness`` is the mean similarity (0-1) of the
+    subject probes that show a face (None when none does); ``bleed`` is how much closer to the subject the class
+    probes came than the base model's (None before the baseline exists or without a face).
+    """
+
+    step: int
+    total: int
+    state: str  # baseline | evaluated | off
+    likeness: float | None = None
+    bleed: float | None = None
+    class_similarity: float | None = None
+    no_face: int = 0
+    probes: int = 0
+    best_step: int | None = None
+    best_likeness: float | None = None
+    judge: str = ""
+    message: str = ""
+    scores: list[dict[str, Any]] = field(default_factory=list)  # per probe: kind, prompt, seed, similarity, reason
+    images: list = field(default_factory=list, repr=False)  # the probe images (PIL), in ``scores`` order
+
+    def as_event(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "images"}
+
+
 class Callbacks:
     """What a front end hears during training. Subclass and override what you need (all no-ops here)."""
 
@@ -42,6 +71,9 @@ class Callbacks:
         pass
 
     def on_status(self, text: str) -> None:
+        pass
+
+    def on_evaluation(self, info: EvaluationInfo) -> None:
         pass
 
 

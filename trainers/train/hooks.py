@@ -49,4 +49,10 @@ class Hook:
 
 def hooks_for(config) -> list[Hook]:
     """The hooks a config asks for, in the order they run."""
-    return []
+    hooks: list[Hook] = []
+    every = getattr(config, "eval_every", 0)
+    if every and config.steps >= every:  # a run shorter than one interval has nothing to choose between
+        from .evaluation import EvaluationHook
+
+        hooks.append(EvaluationHook(config))
+    return hooks

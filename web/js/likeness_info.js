@@ -1,5 +1,6 @@
 // Likeness Apply Trained Model: show on the node how the applied result was trained (its 'info' text: file, steps,
-// instance prompt, rank...). The node sends the text as `ui.text` when it runs; this shows it under the widgets.
+// instance prompt, rank...); Likeness Score: its report. The node sends the text as `ui.text` when it runs; this shows
+// it under the widgets.
 //
 // The box is made with the node, at a fixed height (INFO_LINES lines), so a saved layout already has room for it
 // and showing a text never grows the node over its neighbours: a longer text scrolls inside the box. A DOM widget
@@ -8,12 +9,16 @@
 
 import { app } from "../../scripts/app.js";
 
-const NODE = "LikenessApplyTrainedModel";
+const NODES = ["LikenessApplyTrainedModel", "LikenessScore"]; // Likeness Score shows its report the same way
 const WIDGET_NAME = "likeness_info";
 const LINE_HEIGHT = 14;
 const INFO_LINES = 5;
 const BOX_HEIGHT = INFO_LINES * LINE_HEIGHT + 8 + 20; // the text, its padding, and the 2024 frontend's 10 px margins
-const PLACEHOLDER = "(after a run: how the applied model was trained)";
+const PLACEHOLDERS = {
+  LikenessApplyTrainedModel: "(after a run: how the applied model was trained)",
+  LikenessScore: "(after a run: the score of each image)",
+};
+const placeholder = (node) => PLACEHOLDERS[node?.comfyClass ?? node?.type] ?? "";
 
 function textOf(message) {
   const parts = Array.isArray(message?.text) ? message.text : message?.text != null ? [message.text] : [];
@@ -23,7 +28,7 @@ function textOf(message) {
 function domWidget(node) {
   const el = document.createElement("pre");
   el.className = "likeness-info";
-  el.textContent = PLACEHOLDER;
+  el.textContent = placeholder(node);
   Object.assign(el.style, {
     margin: "0",
     padding: "4px 6px",
@@ -76,7 +81,7 @@ function canvasWidget(node) {
       ctx.save();
       ctx.fillStyle = "#bbb";
       ctx.font = "11px monospace";
-      const lines = (this.text || PLACEHOLDER).split("\n").slice(0, INFO_LINES);
+      const lines = (this.text || placeholder(_node)).split("\n").slice(0, INFO_LINES);
       lines.forEach((line, i) => ctx.fillText(line, 10, y + 12 + i * LINE_HEIGHT, width - 20));
       ctx.restore();
     },
@@ -103,7 +108,7 @@ function showInfo(node, text) {
 app.registerExtension({
   name: "Likeness.ApplyInfo",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE) return;
+    if (!NODES.includes(nodeData?.name)) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onNodeCreated?.apply(this, arguments);
@@ -120,7 +125,7 @@ app.registerExtension({
       try {
         showInfo(this, textOf(message));
       } catch (err) {
-        console.warn("[Likeness] could not show the trained model's info", err);
+        console.warn("[Likeness] could not show the node's info text", err);
       }
       return r;
     };

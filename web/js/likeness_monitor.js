@@ -1,7 +1,8 @@
-// Likeness training monitor: a live loss chart, step/total, it/s, ETA, learning rate, the latest sample images and
-// a Stop button on the Likeness training nodes (LikenessDreamBoothTrain*, LikenessLoRATrain*).
+// Likeness training monitor: a live loss chart, step/total, it/s, ETA, learning rate, the latest sample images,
+// the likeness and bleed curves with the latest probe images (likeness_eval.js) and a Stop button on the Likeness
+// training nodes (LikenessDreamBoothTrain*, LikenessLoRATrain*).
 //
-// Data comes from the server's `likeness.start|progress|sample|end` events (nodes/bridge.py `send_event`) and, when
+// Data comes from the server's `likeness.start|progress|sample|evaluation|end` events (nodes/bridge.py `send_event`) and, when
 // the page is opened or reloaded mid-run, from `GET /likeness/status`. Drawing is plain canvas (no libraries, no
 // network). Works with the 2024 frontend (LiteGraph + `addDOMWidget` from scripts/domWidget.js) and the current
 // Vue frontend (same `addDOMWidget` API through the `scripts/*.js` shims); when a frontend has no DOM widgets the
@@ -13,12 +14,13 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { EVAL_COLORS, EVAL_HEIGHT, PROBE_SIZE, applyEvaluation, drawLikenessChart, evalSummary, mergeEvaluations, probeImages } from "./likeness_eval.js";
 
 const EXT_NAME = "Likeness.TrainingMonitor";
 const NODE_PREFIXES = ["LikenessDreamBoothTrain", "LikenessLoRATrain"];
-const EVENTS = ["start", "progress", "sample", "end"];
+const EVENTS = ["start", "progress", "sample", "evaluation", "end"];
 const WIDGET_NAME = "likeness_monitor";
-const MIN_HEIGHT = 300; // px of node space the monitor asks for
+const MIN_HEIGHT = 300 + EVAL_HEIGHT + PROBE_SIZE + 24; // px of node space the monitor asks for
 const CHART_HEIGHT = 150; // canvas-mode chart height
 const THUMB_SIZE = 64;
 const MAX_THUMBS = 4;
@@ -60,6 +62,7 @@ function newRun(nodeId, data = {}) {
     path: null,
     points: new Map(), // step -> {step, loss, smoothed}
     samples: [], // [{step, images: [{filename, subfolder, type, url}], prompts}]
+    evals: [], // likeness evaluations (likeness_eval.js applyEvaluation)
     ema: null,
     updated: Date.now(),
   };
@@ -127,6 +130,8 @@ function applyEvent(event, data) {
       run.samples.push({ step, images, prompts: Array.isArray(data.prompts) ? data.prompts : [] });
       if (run.samples.length > 50) run.samples.splice(0, run.samples.length - 50);
     }
+  } else if (event === "evaluation") {
+    applyEvaluation(run, data, viewUrl);
   } else if (event === "end") {
     const state = data.state;
     run.status = state === "stopped" || state === "error" ? state : "finished";
@@ -156,6 +161,7 @@ async function loadStatus() {
   applyEvent("start", snap.run);
   for (const p of snap.history ?? []) applyEvent("progress", p);
   for (const s of snap.samples ?? []) applyEvent("sample", s);
+  for (const e of snap.evaluations ?? []) applyEvent("evaluation", e);
   if (snap.run.state && snap.run.state !== "running") applyEvent("end", snap.run);
   else if (snap.run.last) applyEvent("progress", snap.run.last);
   const run = runFor(snap.run.node_id);
@@ -165,6 +171,7 @@ async function loadStatus() {
       if (!run.samples.some((x) => x.step === smp.step && x.images[0]?.url === smp.images[0]?.url)) run.samples.push(smp);
     }
     run.samples.sort((a, b) => a.step - b.step);
+    mergeEvaluations(run, live);
     if (live.step > run.step) Object.assign(run, { step: live.step, phase: live.phase, loss: live.loss, eta: live.eta });
     if (live.status !== "running") Object.assign(run, { status: live.status, message: live.message, path: live.path });
   }
@@ -340,7 +347,7 @@ const STYLE = `
 .likeness-monitor button.likeness-monitor-stop:not(:disabled) { background: ${COLORS.stop}; border-color: ${COLORS.stop};
   color: #fff; }
 .likeness-monitor button.likeness-monitor-on { border-color: ${COLORS.smooth}; color: ${COLORS.smooth}; }
-.likeness-monitor-chart { flex: 1 1 auto; min-height: 60px; width: 100%; display: block; }
+.likeness-monitor-chart { flex: 1 1 0; min-height: 60px; width: 100%; display: block; }
 .likeness-monitor-stats { display: grid; grid-template-columns: repeat(4, auto); gap: 0 8px; color: ${COLORS.dim}; }
 .likeness-monitor-stats span b { color: ${COLORS.text}; font-weight: 500; }
 .likeness-monitor-thumbs { display: flex; gap: 4px; height: ${THUMB_SIZE}px; flex: 0 0 ${THUMB_SIZE}px; }
@@ -349,6 +356,17 @@ const STYLE = `
   background: #000; cursor: pointer; }
 .likeness-monitor-thumbs img.likeness-monitor-broken { visibility: hidden; }
 .likeness-monitor-msg { color: ${COLORS.dim}; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.likeness-monitor-likeness { width: 100%; height: ${EVAL_HEIGHT}px; flex: 0 0 ${EVAL_HEIGHT}px; display: block;
+  min-width: 0; min-height: 0; }
+.likeness-monitor-eval { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: ${EVAL_COLORS.likeness};
+  min-width: 0; }
+.likeness-monitor-eval[data-state="no face"] { color: ${EVAL_COLORS.noFace}; }
+.likeness-monitor-eval[data-state="off"], .likeness-monitor-eval[data-state="waiting"] { color: ${COLORS.dim}; }
+.likeness-monitor-probes { display: flex; gap: 3px; height: ${PROBE_SIZE}px; flex: 0 0 ${PROBE_SIZE}px; min-width: 0;
+  overflow: hidden; }
+.likeness-monitor-probes:empty { display: none; }
+.likeness-monitor-probes img { height: ${PROBE_SIZE}px; width: ${PROBE_SIZE}px; object-fit: cover; border-radius: 3px;
+  background: #000; }
 .likeness-monitor-msg:empty { display: none; }
 `;
 
@@ -410,7 +428,10 @@ class Monitor {
     this.statsEl = make("div", "likeness-monitor-stats");
     this.thumbsEl = make("div", "likeness-monitor-thumbs");
     this.msgEl = make("div", "likeness-monitor-msg");
-    root.append(head, this.canvas, this.statsEl, this.thumbsEl, this.msgEl);
+    this.likenessCanvas = make("canvas", "likeness-monitor-likeness");
+    this.evalEl = make("div", "likeness-monitor-eval");
+    this.probesEl = make("div", "likeness-monitor-probes");
+    root.append(head, this.canvas, this.likenessCanvas, this.evalEl, this.probesEl, this.statsEl, this.thumbsEl, this.msgEl);
     for (const el of [this.logBtn, this.stopBtn]) {
       el.addEventListener("pointerdown", (e) => e.stopPropagation());
     }
@@ -450,7 +471,20 @@ class Monitor {
     const ctx = c.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     this.lastDraw = drawChart(ctx, 0, 0, w, h, this.run(), this.logScale);
+    this.drawDomLikeness(dpr);
     this.chartDirty = false;
+  }
+
+  drawDomLikeness(dpr) {
+    const c = this.likenessCanvas;
+    const w = c.clientWidth;
+    const h = c.clientHeight;
+    if (!w || !h) return;
+    if (c.width !== Math.round(w * dpr)) c.width = Math.round(w * dpr);
+    if (c.height !== Math.round(h * dpr)) c.height = Math.round(h * dpr);
+    const ctx = c.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    this.likenessDraw = drawLikenessChart(ctx, 0, 0, w, h, this.run(), chartXmax(this.run()), fmtNum);
   }
 
   renderDom(run) {
@@ -497,6 +531,22 @@ class Monitor {
       );
     }
     this.msgEl.textContent = run?.message || (run?.path ? `saved: ${run.path}` : "");
+    const likeness = evalSummary(run);
+    this.evalEl.textContent = likeness.text;
+    this.evalEl.dataset.state = likeness.state;
+    const probes = probeImages(run);
+    if (probes.map((p) => p.url).join("\n") !== [...this.probesEl.querySelectorAll("img")].map((i) => i.dataset.src).join("\n")) {
+      this.probesEl.replaceChildren(
+        ...probes.map((p) => {
+          const img = make("img");
+          img.dataset.src = p.url;
+          img.alt = img.title = p.title;
+          img.addEventListener("error", () => img.classList.add("likeness-monitor-broken"));
+          img.src = p.url;
+          return img;
+        }),
+      );
+    }
     this.element.title = run?.name ? `${run.kind ?? "training"}: ${run.name}` : "";
     this.chartDirty = true;
     this.drawDomChart(true);
@@ -583,6 +633,19 @@ class Monitor {
       }
       tx += THUMB_SIZE + 4;
     }
+    // likeness: chart, line, probe thumbnails
+    const ly = ty + THUMB_SIZE + 6;
+    this.likenessDraw = drawLikenessChart(ctx, x0, ly, w, EVAL_HEIGHT, run, chartXmax(run), fmtNum);
+    const likeness = evalSummary(run);
+    ctx.textAlign = "left";
+    ctx.fillStyle = likeness.state === "no face" ? EVAL_COLORS.noFace : likeness.state === "measured" ? EVAL_COLORS.likeness : COLORS.dim;
+    ctx.fillText(likeness.text, x0 + 4, ly + EVAL_HEIGHT + 8, w - 8);
+    let px = x0 + 4;
+    for (const p of probeImages(run)) {
+      const img = this.thumb(p.url);
+      if (img.complete && img.naturalWidth) ctx.drawImage(img, px, ly + EVAL_HEIGHT + 16, PROBE_SIZE, PROBE_SIZE);
+      px += PROBE_SIZE + 3;
+    }
     ctx.restore();
   }
 
@@ -593,7 +656,7 @@ class Monitor {
       img.onload = () => this.node.setDirtyCanvas?.(true, false);
       img.src = url;
       this.thumbImages.set(url, img);
-      if (this.thumbImages.size > 2 * MAX_THUMBS) this.thumbImages.delete(this.thumbImages.keys().next().value);
+      if (this.thumbImages.size > 2 * MAX_THUMBS + 12) this.thumbImages.delete(this.thumbImages.keys().next().value);
     }
     return img;
   }
@@ -675,8 +738,19 @@ class Monitor {
       buttons: this.mode === "canvas" ? Object.freeze({ ...this.buttons }) : null,
       message: run?.message ?? null,
       path: run?.path ?? null,
+      evaluations: (run?.evals ?? []).map((e) => Object.freeze({ step: e.step, state: e.state, likeness: e.likeness,
+        bleed: e.bleed, no_face: e.no_face, probes: e.probes, best_step: e.best_step, message: e.message })),
+      likeness: Object.freeze({ ...evalSummary(run), latest: undefined }),
+      likenessDrawn: Object.freeze({ ...(this.likenessDraw ?? { likeness: 0, bleed: 0, state: "waiting" }) }),
+      probes: probeImages(run).map((p) => p.url),
     });
   }
+}
+
+function chartXmax(run) {
+  const pts = chartPoints(run);
+  const evals = run?.evals ?? [];
+  return Math.max(run?.total || 0, pts.length ? pts[pts.length - 1].step : 0, evals.length ? evals[evals.length - 1].step : 0, 1);
 }
 
 function graphHasNode(nodeId) {
