@@ -62,7 +62,7 @@ class Sizing:
     def bucket(self, width: int, height: int) -> tuple[int, int]:
         if not self.buckets:
             return (self.resolution, self.resolution)
-        from .buckets import bucket_for
+        from ..data.buckets import bucket_for
 
         return bucket_for(width, height, self.resolution, self.step, self.max_upscale)
 
@@ -199,7 +199,7 @@ def load_image_set(
 def read_example(path: Path, prompt: str, sizing: Sizing, masks: bool = False) -> tuple[Example, list[Path]]:
     """One image at its training size, its caption (``.txt`` beside it, else ``prompt``) and its mask; with the files
     read. Raises :class:`DatasetError` for an unreadable image (an unreadable mask is ignored, with a warning)."""
-    from .buckets import fit
+    from ..data.buckets import fit
 
     image = load_rgb(path)
     bucket = sizing.bucket(*image.size)
@@ -225,7 +225,7 @@ def _read_mask(path: Path, size: tuple[int, int], bucket: tuple[int, int], sizin
     """A grey mask sized and cropped exactly like its image (a mask of another size is stretched to it first)."""
     from PIL import Image, UnidentifiedImageError
 
-    from .buckets import fit
+    from ..data.buckets import fit
 
     try:
         with Image.open(path) as im:
@@ -293,7 +293,7 @@ def refit(example: Example, bucket: tuple[int, int]) -> Example:
     """A class image moved to another bucket (resized to cover it and centre-cropped), for a batch of that shape."""
     from PIL import Image
 
-    from .buckets import fit
+    from ..data.buckets import fit
 
     if example.bucket == tuple(bucket):
         return example
