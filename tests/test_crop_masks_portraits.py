@@ -98,7 +98,12 @@ def test_portrait_crops_frame_head_and_shoulders_at_the_training_bucket(tmp_path
         output_folder=both.folder,
         detector=BoxDetector(),
     )
-    assert sorted(p.name for p in again.folder.iterdir()) == ["0001.png", "0001.txt", "notes.portrait.png", "report.json"]
+    assert sorted(p.name for p in again.folder.iterdir()) == [
+        "0001.png",
+        "0001.txt",
+        "notes.portrait.png",
+        "report.json",
+    ]
 
 
 def test_buckets_keep_the_pixel_count_and_never_enlarge_past_the_limit():

@@ -94,7 +94,9 @@ def test_the_loop_weighs_the_subject_half_by_its_masks_and_never_the_class_image
 
 def test_no_masks_or_masked_loss_off_trains_unweighted(tiny_components, tmp_path, spy):
     subject_images(tmp_path / "plain")
-    train(tiny_config(tmp_path / "a", steps=1, instance_data=str(tmp_path / "plain")), components=fresh(tiny_components))
+    train(
+        tiny_config(tmp_path / "a", steps=1, instance_data=str(tmp_path / "plain")), components=fresh(tiny_components)
+    )
     _with_masks(subject_images(tmp_path / "masked"))
     cfg = tiny_config(tmp_path / "b", steps=1, instance_data=str(tmp_path / "masked"), masked_loss=False)
     train(cfg, components=fresh(tiny_components))

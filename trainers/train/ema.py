@@ -54,12 +54,14 @@ class EMAHook(Hook):
         self.params: dict[str, Any] = {}
         self.backup: dict[str, Any] | None = None
         self.applied = False  # the EMA weights replaced the trained ones for good (before the save)
+        self.updated_at = -1  # the step the EMA last took in (samples of a step may come before after_step)
 
     def start(self, trainer) -> None:
         self.params = trained_parameters(trainer)
         where = "cpu" if self.on_cpu else trainer.device
         if self.shadow is None:
             self.shadow = {k: p.detach().float().to(where, copy=True) for k, p in self.params.items()}
+            self.updated_at = trainer.step
             return
         if set(self.shadow) != set(self.params):
             where = trainer.plan.resume
@@ -69,10 +71,14 @@ class EMAHook(Hook):
                 "start this training afresh (force_retrain) or turn ema off",
             )
         self.shadow = {k: v.float().to(where) for k, v in self.shadow.items()}
+        self.updated_at = trainer.step
 
     def after_step(self, trainer) -> None:
         import torch
 
+        if self.updated_at == trainer.step:
+            return
+        self.updated_at = trainer.step
         d = ema_decay(self.decay, trainer.step, self.start_step)
         with torch.no_grad():
             for k, p in self.params.items():
@@ -92,6 +98,8 @@ class EMAHook(Hook):
     def before_samples(self, trainer) -> None:
         if self.applied or self.shadow is None:
             return
+        if trainer.step > 0:
+            self.after_step(trainer)  # the samples of step n show the EMA including step n
         self.backup = {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()}
         self._put(self.shadow)
 
