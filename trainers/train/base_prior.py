@@ -66,8 +66,11 @@ class BasePrior:
         import torch
 
         c, cfg = trainer.c, trainer.cfg
+        training = c.text_encoder.training
+        c.text_encoder.eval()
         with torch.no_grad(), adapters_off(c.text_encoder), trainer.accel.autocast():
             hidden = c.text_encoder(trainer.tokenize([cfg.class_prompt]), return_dict=False)[0].detach()
+        c.text_encoder.train(training)
         if tuner_layers(c.unet):
             return cls(c.unet, False, hidden, cfg.class_prompt)
         frozen = copy.deepcopy(c.unet).requires_grad_(False).eval()
