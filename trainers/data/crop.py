@@ -95,6 +95,7 @@ class CropConfig:
         "Crop shape: square (resolution x resolution), portrait (3:4 head and shoulders, 448x576 for 512: "
         "training keeps the aspect) or both (a square and a portrait crop of every photo).",
         choices=SHAPES,
+        advanced=True,
     )
     masks: bool = opt(
         True,
