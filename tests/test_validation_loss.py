@@ -64,3 +64,27 @@ def test_held_out_photos_are_never_trained_on_and_the_curve_survives_a_resume(ti
     assert stopped.state == "stopped" and rec.points == full_rec.points[:2]
     resumed = train(tiny_config(tmp_path / "b", **common, resume_from="latest"), components=fresh(tiny_components))
     assert json.loads(resumed.metadata["likeness.validation_loss"]) == full_rec.points
+
+
+def test_the_cli_prints_validation_points_and_takes_the_options(capsys):
+    import pytest
+
+    from trainers.cli import main as cli_main
+    from trainers.train.cli import TextProgress
+    from trainers.train.events import ProgressInfo
+
+    bar = TextProgress(enabled=False)
+    bar.on_progress(ProgressInfo(step=200, total=1000, phase="validation", loss_validation=0.123456))
+    assert "step 200: validation loss 0.12346" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["lora", "--help"])
+    out = capsys.readouterr().out
+    for flag in (
+        "--validation-images",
+        "--validation-folder",
+        "--validation-every",
+        "--ema",
+        "--prior",
+        "--masked-loss",
+    ):
+        assert flag in out, flag

@@ -104,6 +104,9 @@ class TextProgress:
         self.last_line = 0.0
 
     def on_progress(self, info) -> None:
+        if info.phase == "validation" and info.loss_validation is not None:
+            self._line(f"step {info.step}: validation loss {info.loss_validation:.5f}")
+            return
         frac = info.step / max(info.total, 1)
         if info.phase != "training":
             text = f"{info.phase}..."
