@@ -1,10 +1,11 @@
 """Seconds per step and peak memory: LoRA next to DreamBooth on the same model, data and loop.
 
     python benchmarks/train_lora.py [--steps 8] [--resolution 64] [--model comfy_tiny|tiny] [--device cpu|cuda]
-                                    [--threads 1]
+                                    [--threads 1] [--only TEXT ...]
 
 Each method runs in its own process (so peak memory is its own): the ComfyUI-sized tiny SD1.5 (320-channel UNet,
-full CLIP-L text encoder, SD VAE) built in code, 3 subject images, no prior preservation, batch 1, AdamW, fp32 on
+full CLIP-L text encoder, SD VAE) built in code, 3 subject images, no prior preservation (except in the two "prior"
+rows: 3 class images, or the prior from the base model), batch 1, AdamW, fp32 on
 CPU (the compute precision on CUDA), latents cached, no samples. Seconds/step is the median over the steps after the
 first. Peak memory: process peak RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), and its growth over the
 loaded model. Prints a Markdown table.
@@ -35,6 +36,21 @@ METHODS = {
         "lora",
         {"lora_rank": 16, "lora_alpha": 8, "lora_layers": "all", "train_text_encoder": True},
     ),
+    # prior preservation, issue 15: class images vs the base model's prediction (one more forward, adapters off)
+    "lora r16 attention + TE, prior from class images": (
+        "lora",
+        {"lora_rank": 16, "lora_alpha": 8, "train_text_encoder": True, "prior_preservation": True},
+    ),
+    "lora r16 attention + TE, prior from the base model": (
+        "lora",
+        {
+            "lora_rank": 16,
+            "lora_alpha": 8,
+            "train_text_encoder": True,
+            "prior_preservation": True,
+            "prior": "base_model",
+        },
+    ),
 }
 
 
@@ -64,6 +80,7 @@ def run_one(label: str, steps: int, resolution: int, model: str, device: str, th
     kind, extra = METHODS[label]
     tmp = Path(tempfile.mkdtemp(prefix="likeness-bench-"))
     _images(tmp / "inst", 3, resolution)
+    _images(tmp / "cls", 3, resolution)
     components = (comfy_tiny_components if model == "comfy_tiny" else tiny_components)(seed=0)
     rss_model = _rss_mb()
     if device == "cuda":
@@ -82,6 +99,8 @@ def run_one(label: str, steps: int, resolution: int, model: str, device: str, th
         learning_rate=1e-4,
     )
     opts.update(extra)
+    if opts["prior_preservation"] and opts.get("prior", "class_images") == "class_images":
+        opts["class_data"] = str(tmp / "cls")
     cfg = from_dict(LoRAConfig if kind == "lora" else DreamBoothConfig, opts)
     stamps: list[float] = []
 
@@ -121,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=("comfy_tiny", "tiny"), default="comfy_tiny")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
+    ap.add_argument("--only", nargs="+", metavar="TEXT", help="run only the methods whose label contains TEXT")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -128,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    for label in METHODS:
+    for label in [m for m in METHODS if not args.only or any(t in m for t in args.only)]:
         cmd = [sys.executable, __file__, "--one", label, "--steps", str(args.steps), "--resolution",
                str(args.resolution), "--model", args.model, "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)

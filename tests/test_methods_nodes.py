@@ -59,3 +59,33 @@ def test_the_prior_from_the_base_model_needs_no_class_images(setup):
         assert not cfg.prior_preservation and cfg.prior == "class_images"
         cfg = node.build_config(model, "x", {"instance_folder": "photos", "validation_folder": "held"})
         assert cfg.validation_folder == str(tmp_path / "held")
+
+
+def test_each_new_option_is_in_the_readme_table_with_its_source(pack):
+    import re
+
+    from conftest import ROOT
+    from likeness_pack.trainers import configspec
+    from likeness_pack.trainers.classgen import ClassImagesConfig
+    from likeness_pack.trainers.data.crop import CropConfig
+    from likeness_pack.trainers.train.config import TrainConfig
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Training methods: options and where they come from", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            for name in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[name] = cells
+    wanted = {
+        TrainConfig: NEW_SHARED | {"prior", "validation_folder"},
+        CropConfig: {"shape", "masks"},
+        ClassImagesConfig: {"width", "height"},
+    }
+    for cls, names in wanted.items():
+        declared = configspec.spec_map(cls)
+        for name in names:
+            assert name in declared, name
+            assert name in rows, f"{name} is not in the README's methods table"
+            assert len(rows[name][2]) > 20, f"{name}: no source given"
