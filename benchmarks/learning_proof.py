@@ -71,6 +71,7 @@ class Settings:
     lora_layers: str = "all"
     # issue 15: prior from the base model, and the face-weighted loss on random backgrounds (proof_methods.py)
     methods: bool = True
+    max_masked_fg_ratio: float = 1.05  # fg_subj face-weighted / unweighted: "at least as well", within seed noise
 
     # expected directions and margins (see docs/learning_proof.md)
     max_fidelity_ratio_no_prior: float = 0.6  # inst_subj after / base, DreamBooth without prior

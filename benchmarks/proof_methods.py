@@ -7,7 +7,8 @@
   face-weighted loss off and on (``mask_floor`` 0.3, the default). Measured on the instance samples:
 
   - ``fg_subj``: MSE on the subject square only, to the nearest clean subject picture (lower = the subject is
-    reached; the face-weighted run must reach it at least as well);
+    reached; the face-weighted run must reach it at least as well: within ``max_masked_fg_ratio`` = 5 %, about the
+    seed-to-seed spread of ``inst_subj``);
   - ``bg_train``: MSE outside that square, to the nearest training picture (lower = the samples' background has
     drifted towards the training backgrounds; the face-weighted run must stay further away).
 """
@@ -83,8 +84,8 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
             out += [
                 (
                     f"seed {seed}: face-weighted loss reaches the subject at least as well: fg_subj "
-                    f"{masked['fg_subj']:.4f} <= unweighted {plain['fg_subj']:.4f}",
-                    masked["fg_subj"] <= plain["fg_subj"],
+                    f"{masked['fg_subj']:.4f} <= {s.max_masked_fg_ratio} x unweighted {plain['fg_subj']:.4f}",
+                    masked["fg_subj"] <= s.max_masked_fg_ratio * plain["fg_subj"],
                 ),
                 (
                     f"seed {seed}: face-weighted loss copies the backgrounds less: bg_train "
