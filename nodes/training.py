@@ -18,12 +18,12 @@ from ..trainers.handles import DatasetHandle, ModelHandle, TrainedResult
 from ..trainers.train.config import DEFAULT_INSTANCE_PROMPT, DreamBoothConfig, TrainConfig
 from . import bridge
 from .inputs import comfy_inputs, legacy_inputs, options_from_inputs
+from .method_inputs import method_folders, optional_inputs
 from .monitor import TrainingMonitor
 from .options import OPTIONS_TYPE
 
 log = logging.getLogger(__name__)
 
-OPTIONAL_MAIN = ("prior",)  # main options added after 0.1: optional inputs, so saved API prompts keep validating
 SEED_INPUT = "train_seed"  # the option "seed"; an input named "seed" gets the page's randomize control
 LEGACY_INPUTS = {"seed": SEED_INPUT}  # inputs of saved API prompts from before the rename
 
@@ -72,7 +72,7 @@ class LikenessDreamBoothTrain:
     def INPUT_TYPES(cls):
         main = comfy_inputs(cls.CONFIG_CLASS, advanced=False)
         seed = main.pop(SEED_INPUT)  # optional: saved API prompts that still say "seed" keep validating
-        optional_main = {name: main.pop(name) for name in OPTIONAL_MAIN}  # added later: optional, so old prompts run
+        later = optional_inputs(main)  # prior, validation folder: optional, so saved API prompts keep validating
         main["instance_prompt"] = (
             "STRING",
             {
@@ -101,15 +101,7 @@ class LikenessDreamBoothTrain:
                     {"tooltip": "Class images (Generate Class Images); prior preservation is off without them."},
                 ),
                 "class_folder": ("STRING", {"default": "", "tooltip": "Or a folder of class images."}),
-                **optional_main,
-                "validation_folder": (
-                    "STRING",
-                    {
-                        "default": "",
-                        "tooltip": "Optional folder of held-out subject photos (inside ComfyUI's input folder) for a "
-                        "validation loss curve; or hold photos out with validation_images (Training Options).",
-                    },
-                ),
+                **later,
                 "options": (OPTIONS_TYPE, {"tooltip": "Advanced options (Likeness Training Options node)."}),
                 "force_retrain": (
                     "BOOLEAN",
@@ -129,10 +121,8 @@ class LikenessDreamBoothTrain:
     def IS_CHANGED(cls, instance_folder="", class_folder="", force_retrain=False, validation_folder="", **_):
         if force_retrain:
             return float("nan")
-        stamps = [bridge.input_folder_stamp(f) for f in (instance_folder, class_folder)]
-        if validation_folder:
-            stamps.append(bridge.input_folder_stamp(validation_folder))
-        return "|".join(stamps)
+        folders = (instance_folder, class_folder) + ((validation_folder,) if validation_folder else ())
+        return "|".join(bridge.input_folder_stamp(f) for f in folders)
 
     def train(self, model, output_name, unique_id=None, prompt=None, **inputs):
         from ..trainers.train.session import Session
@@ -167,10 +157,6 @@ class LikenessDreamBoothTrain:
             raise DatasetError("no subject photos: connect instance_images (Face Crop Dataset) or type instance_folder")
         cls_folder, cls_prompt = dataset_source(inputs.get("class_images"), inputs.get("class_folder", ""), "class")
         values = {**dict(inputs.get("options") or {}), **options_from_inputs(self.CONFIG_CLASS, inputs)}
-        base_prior = values.get("prior") == "base_model"  # no class images needed: the base model is the target
-        if base_prior:
-            cls_folder = None
-        val_folder, _ = dataset_source(None, inputs.get("validation_folder", ""), "validation")
         values["instance_prompt"] = (
             (values.get("instance_prompt") or "").strip() or inst_prompt or DEFAULT_INSTANCE_PROMPT
         )
@@ -182,9 +168,7 @@ class LikenessDreamBoothTrain:
             vae_path=model.vae_path,
             tokenizer=bridge.sd1_tokenizer_path(),
             instance_data=inst_folder,
-            class_data=cls_folder,
-            prior_preservation=cls_folder is not None or base_prior,
-            validation_folder=val_folder,
+            **method_folders(values, cls_folder, inputs, dataset_source),
             output=str(bridge.model_dir(self.MODEL_FOLDER) / f"{name}.safetensors"),
             device="cpu" if device.type == "cpu" else "cuda" if device.type == "cuda" else "auto",
         )
