@@ -71,6 +71,7 @@ class Settings:
     lora_layers: str = "all"
     # issue 15: prior from the base model, and the face-weighted loss on random backgrounds (proof_methods.py)
     methods: bool = True
+    mask_floor: float = 0.3  # the face-weighted runs' floor (the option's default)
     max_masked_fg_ratio: float = 1.05  # fg_subj face-weighted / unweighted: "at least as well", within seed noise
 
     # expected directions and margins (see docs/learning_proof.md)
@@ -217,7 +218,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
         )
     else:
         if variant in pm.LABELS:
-            common.update(pm.train_options(variant, root))
+            common.update(pm.train_options(variant, root), mask_floor=settings.mask_floor)
         cfg = ProofDreamBooth(
             steps=settings.steps,
             learning_rate=settings.learning_rate,

@@ -35,10 +35,11 @@ def tuner_layers(module) -> list[Any]:
 
 
 @contextlib.contextmanager
-def adapters_off(module):
+def adapters_off(module, layers: list[Any] | None = None):
     """Run ``module`` as the base model: every peft adapter disabled, then enabled again exactly as it was
-    (peft's ``enable_adapters`` also sets ``requires_grad``, so the flags are put back as they were)."""
-    layers = tuner_layers(module)
+    (peft's ``enable_adapters`` also sets ``requires_grad``, so the flags are put back as they were). ``layers``:
+    the module's tuner layers when the caller already listed them."""
+    layers = tuner_layers(module) if layers is None else layers
     flags = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
     for layer in layers:
         layer.enable_adapters(False)
@@ -56,6 +57,7 @@ class BasePrior:
 
     def __init__(self, unet, copied: bool, class_hidden, class_prompt: str):
         self.unet, self.copied = unet, copied
+        self.layers = [] if copied else tuner_layers(unet)  # listed once: the pass runs every step
         self.class_hidden = class_hidden  # (1, tokens, width): the base text encoder's class-prompt embedding
         self.class_prompt = class_prompt
 
@@ -88,7 +90,7 @@ class BasePrior:
 
         n = noisy.shape[0]
         hidden = self.class_hidden.to(noisy.device).expand(n, -1, -1)
-        with torch.no_grad(), contextlib.nullcontext() if self.copied else adapters_off(self.unet):
+        with torch.no_grad(), contextlib.nullcontext() if self.copied else adapters_off(self.unet, self.layers):
             dtype = next(self.unet.parameters()).dtype if self.copied else noisy.dtype
             base = self.unet(noisy.to(dtype), timesteps, hidden.to(dtype), return_dict=False)[0]
         base = base.to(target.dtype).detach()
