@@ -100,3 +100,23 @@ def test_resume_is_exact_with_buckets(tiny_components, tmp_path):
     assert resumed.losses == full.losses
     sa, sb = straight.unet.state_dict(), resumed_parts.unet.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_class_images_of_the_subjects_bucket_are_used_as_they_are(tmp_path):
+    """A class set holding square and 3:4 images (Generate Class Images with width/height): a 3:4 subject batch takes
+    the 3:4 class images unchanged, a square batch the square ones; no class image is resized then."""
+    from trainers.train.batches import BatchPlan
+
+    _photos(tmp_path / "inst", [(32, 32), (24, 32), (24, 32), (32, 32)])
+    _photos(tmp_path / "cls", [(32, 32)] * 3 + [(24, 32)] * 3, seed=1)
+    cfg = tiny_config(
+        tmp_path, steps=1, class_data=str(tmp_path / "cls"), prior_preservation=True, batch_size=2, **BUCKETS
+    )
+    the_plan = plan(cfg)
+    batches = BatchPlan(the_plan.instance, the_plan.classes, cfg.seed, False, 2)
+    originals = {id(e) for e in the_plan.classes.examples}
+    for j in range(12):
+        picks = batches(j)
+        assert len({e.bucket for _, e, _ in picks}) == 1
+        assert all(id(e) in originals for kind, e, _ in picks if kind == "class")
+    assert not batches.refits
