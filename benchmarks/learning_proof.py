@@ -45,6 +45,7 @@ from typing import Any
 
 from . import proof_base as pb
 from . import proof_data as pd
+from . import proof_methods as pm
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class Settings:
     # Adapters on every layer (LoCon): this tiny UNet keeps most of what it draws in its convolutions, and adapters
     # on the attention projections alone barely move its pictures (docs/learning_proof.md).
     lora_layers: str = "all"
+    # issue 15: prior from the base model, and the face-weighted loss on random backgrounds (proof_methods.py)
+    methods: bool = True
+    mask_floor: float = 0.3  # the face-weighted runs' floor (the option's default)
+    max_masked_fg_ratio: float = 1.05  # fg_subj face-weighted / unweighted: "at least as well", within seed noise
 
     # expected directions and margins (see docs/learning_proof.md)
     max_fidelity_ratio_no_prior: float = 0.6  # inst_subj after / base, DreamBooth without prior
@@ -84,7 +89,7 @@ class Settings:
 
 FULL = Settings()
 # The test's run: one seed, fewer class images and evaluation samples, no LoRA; the same training and margins.
-FAST = Settings(class_images=32, eval_samples=12, seeds=(0,), lora=False)
+FAST = Settings(class_images=32, eval_samples=12, seeds=(0,), lora=False, methods=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,7 +133,10 @@ def prepare_data(root: Path, base_path: Path, settings: Settings) -> dict[str, A
     base = pb.load_base(base_path)
     class_imgs = pb.sample(base, pd.CLASS_PROMPT, [CLASS_SEED + i for i in range(settings.class_images)])
     write_images(root / "class", class_imgs)
-    return {"subject": pd.to_unit_array(subject), "base": evaluate(base, settings)}
+    data = {"subject": pd.to_unit_array(subject), "base": evaluate(base, settings)}
+    if settings.methods:
+        data["bg"] = pm.write_background_set(root / "instance_bg", settings.subject_images)
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
     from trainers.train import train
 
     ProofDreamBooth, ProofLoRA = proof_configs()
-    prior = variant.endswith("_prior")
+    prior = variant.endswith("_prior") and variant != "db_base_prior"
     common = dict(
         base_model=str(base_path),
         instance_data=str(root / "instance"),
@@ -215,6 +223,8 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
             **common,
         )
     else:
+        if variant in pm.LABELS:
+            common.update(pm.train_options(variant, root), mask_floor=settings.mask_floor)
         cfg = ProofDreamBooth(
             steps=settings.steps,
             learning_rate=settings.learning_rate,
@@ -239,16 +249,22 @@ def run_benchmark(settings: Settings, base_path: Path = pb.BASE_PATH, workdir: P
         base_metrics = metrics(data["base"], data["subject"], data["base"])
         log.info("base: %s (data %.0fs)", _fmt(base_metrics), time.perf_counter() - t0)
         variants = ["db", "db_prior"] + (["lora_prior"] if settings.lora else [])
+        variants += list(pm.LABELS) if settings.methods else []
         runs: list[Run] = []
         for seed in settings.seeds:
             for variant in variants:
                 parts, seconds, outcome = train_variant(variant, root, base_path, settings, seed)
                 samples = evaluate(parts, settings)
                 m = metrics(samples, data["subject"], data["base"])
+                if variant in pm.BG_VARIANTS:
+                    m.update(pm.background_metrics(samples["inst"], data["subject"], data["bg"]))
                 loss = outcome.losses[-1] if outcome.losses else None
                 runs.append(Run(variant, seed, m, seconds, loss, samples))
                 log.info("%s seed %d: %s (%.0fs training)", variant, seed, _fmt(m), seconds)
-    return {"settings": settings, "base": base_metrics, "runs": runs, "means": means(runs)}
+    out = {"settings": settings, "base": base_metrics, "runs": runs, "means": means(runs)}
+    if settings.methods:
+        out["base_bg"] = pm.background_metrics(data["base"]["inst"], data["subject"], data["bg"])
+    return out
 
 
 def means(runs: list[Run]) -> dict[str, dict[str, float]]:
@@ -400,7 +416,7 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
                     lo["inst_subj"] < s.max_fidelity_ratio_lora * base["inst_subj"],
                 )
             )
-    return out
+    return out + pm.checks(result)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,6 +427,7 @@ LABELS = {
     "db": "DreamBooth, no prior",
     "db_prior": "DreamBooth + prior",
     "lora_prior": "LoRA + prior",
+    **pm.LABELS,
 }
 
 
@@ -506,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, lora=False)
     result = run_benchmark(settings, args.base)
     print(table(result))
+    extra = pm.table(result)
+    if extra:
+        print("\nRandom backgrounds (instance samples):\n" + extra)
     if args.grid:
         save_grid(result, args.grid)
     failed = False

@@ -7,6 +7,9 @@ same pictures.
   random size and position, captioned with what it shows (see :data:`CAPTIONS`).
 - Subject: one large square filled with an orange/blue checkerboard of 8-px cells (the cells must cover at least
   two latent pixels of the 4x-downsampling VAE to be learnable in a few hundred steps), at a slightly varying place.
+- Subject on backgrounds (the face-weighted-loss variant): the same subject pictures (same places), each on its own
+  random background of four 16-px blocks in random colours, with a mask of the subject square
+  (:func:`subject_on_backgrounds`): like holiday photos, where the person stays and the scenery changes.
 - Textures (VAE pre-training only): shapes filled with random two-colour checkerboards or stripes, so the
   autoencoder can reproduce texture in general without ever seeing the subject.
 """
@@ -128,6 +131,34 @@ def subject_images(n: int = 5, seed: int = 1234) -> list[Image.Image]:
         fill = _checker(*SUBJECT_COLOURS, SUBJECT_CELL, ox=x0, oy=y0)
         img.paste(fill, (0, 0), _mask("square", (x0, y0, x0 + SUBJECT_SIDE - 1, y0 + SUBJECT_SIDE - 1)))
         out.append(img)
+    return out
+
+
+def _subject_places(n: int, seed: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(v) for v in rng.integers(0, SIZE - SUBJECT_SIDE + 1, size=2)) for _ in range(n)]
+
+
+def background_image(rng: np.random.Generator) -> Image.Image:
+    """A random scenery: four 16-px blocks, each a random colour that stands out from grey."""
+    arr = np.zeros((SIZE, SIZE, 3), np.uint8)
+    half = SIZE // 2
+    for y in (0, half):
+        for x in (0, half):
+            arr[y : y + half, x : x + half] = _colour(rng)
+    return Image.fromarray(arr, "RGB")
+
+
+def subject_on_backgrounds(n: int = 5, seed: int = 1234, bg_seed: int = 77) -> list[tuple[Image.Image, Image.Image]]:
+    """``(picture, mask)`` pairs: :func:`subject_images`' subject at the same places, on a new background each
+    (seeded by ``bg_seed``); the mask ("L", 255 on the subject square) is what the face crop would write."""
+    rng = np.random.default_rng(bg_seed)
+    out = []
+    for x0, y0 in _subject_places(n, seed):
+        img = background_image(rng)
+        square = _mask("square", (x0, y0, x0 + SUBJECT_SIDE - 1, y0 + SUBJECT_SIDE - 1))
+        img.paste(_checker(*SUBJECT_COLOURS, SUBJECT_CELL, ox=x0, oy=y0), (0, 0), square)
+        out.append((img, square))
     return out
 
 

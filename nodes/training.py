@@ -18,6 +18,7 @@ from ..trainers.handles import DatasetHandle, ModelHandle, TrainedResult
 from ..trainers.train.config import DEFAULT_INSTANCE_PROMPT, DreamBoothConfig, TrainConfig
 from . import bridge
 from .inputs import comfy_inputs, legacy_inputs, options_from_inputs
+from .method_inputs import method_folders, optional_inputs
 from .monitor import TrainingMonitor
 from .options import OPTIONS_TYPE
 
@@ -72,6 +73,7 @@ class LikenessDreamBoothTrain:
     def INPUT_TYPES(cls):
         main = comfy_inputs(cls.CONFIG_CLASS, advanced=False)
         seed = main.pop(SEED_INPUT)  # optional: saved API prompts that still say "seed" keep validating
+        later = optional_inputs(main)  # prior, validation folder: optional, so saved API prompts keep validating
         main["instance_prompt"] = (
             "STRING",
             {
@@ -100,6 +102,7 @@ class LikenessDreamBoothTrain:
                     {"tooltip": "Class images (Generate Class Images); prior preservation is off without them."},
                 ),
                 "class_folder": ("STRING", {"default": "", "tooltip": "Or a folder of class images."}),
+                **later,
                 "options": (OPTIONS_TYPE, {"tooltip": "Advanced options (Likeness Training Options node)."}),
                 "force_retrain": (
                     "BOOLEAN",
@@ -116,10 +119,11 @@ class LikenessDreamBoothTrain:
         }
 
     @classmethod
-    def IS_CHANGED(cls, instance_folder="", class_folder="", force_retrain=False, **_):
+    def IS_CHANGED(cls, instance_folder="", class_folder="", force_retrain=False, validation_folder="", **_):
         if force_retrain:
             return float("nan")
-        return f"{bridge.input_folder_stamp(instance_folder)}|{bridge.input_folder_stamp(class_folder)}"
+        folders = (instance_folder, class_folder) + ((validation_folder,) if validation_folder else ())
+        return "|".join(bridge.input_folder_stamp(f) for f in folders)
 
     def train(self, model, output_name, unique_id=None, prompt=None, **inputs):
         from ..trainers.train.session import Session
@@ -165,8 +169,7 @@ class LikenessDreamBoothTrain:
             vae_path=model.vae_path,
             tokenizer=bridge.sd1_tokenizer_path(),
             instance_data=inst_folder,
-            class_data=cls_folder,
-            prior_preservation=cls_folder is not None,
+            **method_folders(values, cls_folder, inputs, dataset_source),
             output=str(bridge.model_dir(self.MODEL_FOLDER) / f"{name}.safetensors"),
             device="cpu" if device.type == "cpu" else "cuda" if device.type == "cuda" else "auto",
         )

@@ -38,6 +38,17 @@ def import_pack():
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_for_the_session():
+    """One thread from the start, so module-scoped fixtures (which pytest sets up before any function-scoped one)
+    train with the same thread count as the tests that compare with them bitwise: a matmul's rounding depends on it.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """2 shared cores: one intra-op thread is several times faster than two fighting ones (and deterministic)."""

@@ -275,3 +275,20 @@ def test_save_image_batch_stores_a_comfy_image_batch(tmp_path, pack):
         image_to_pil(torch.rand(4, 4))  # the node converts its IMAGE input before the engine sees it
     with pytest.raises(ConfigError, match="empty"):
         save_image_batch([], cfg(), output_root=tmp_path)
+
+
+def test_class_images_in_a_portrait_bucket_keep_square_keys_stable(tmp_path, tiny_components):
+    """width/height make class images for a non-square training bucket; square sets keep the keys they had."""
+    from trainers.classgen import set_key, set_settings
+
+    square = set_settings(cfg(), KEY)
+    assert "width" not in square and "height" not in square  # the keys of existing square sets do not move
+    assert set_key(set_settings(cfg(width=32, height=32), KEY)) == set_key(square)
+    tall = plan_class_set(cfg(width=24, height=32), KEY, tmp_path)
+    assert tall.folder != plan_class_set(cfg(), KEY, tmp_path).folder
+    r = generate_class_images(
+        cfg(count=2, width=24, height=32), components=tiny_components, model_key=KEY, output_root=tmp_path
+    )
+    assert [Image.open(p).size for p in sorted(r.folder.glob("class_*.png"))] == [(24, 32), (24, 32)]
+    with pytest.raises(ConfigError, match="'width' is 30"):
+        configspec.validate(ClassImagesConfig(class_prompt="x", width=30))

@@ -206,7 +206,7 @@ def test_dataset_folder_is_numbered_captioned_and_reused(tmp_path):
     first = build_dataset(cfg, input_folder=photos, output_root=tmp_path / "out")
     assert first.folder.parent == tmp_path / "out" / "likeness" / "datasets" and first.folder.name == first.key
     names = sorted(p.name for p in first.folder.iterdir())
-    assert names == ["0001.png", "0001.txt", "0002.png", "0002.txt", "report.json"]
+    assert names == ["0001.mask.png", "0001.png", "0001.txt", "0002.mask.png", "0002.png", "0002.txt", "report.json"]
     assert (first.folder / "0002.txt").read_text() == "photo of zwx person\n"
     report = json.loads((first.folder / "report.json").read_text())
     assert [(r["source"], r["output"]) for r in report["images"]] == [
@@ -242,7 +242,7 @@ def test_named_output_folder_is_replaced_not_mixed(tmp_path):
     (photos / "b.png").unlink()
     second = build_dataset(CropConfig(captions=False), input_folder=photos, output_folder=target)
     assert second.count == 1
-    assert sorted(p.name for p in target.iterdir()) == ["0001.png", "report.json"]  # stale files removed
+    assert sorted(p.name for p in target.iterdir()) == ["0001.mask.png", "0001.png", "report.json"]  # stale removed
 
     foreign = tmp_path / "holiday"
     foreign.mkdir()

@@ -73,7 +73,7 @@ def test_face_crop_node_runs_in_comfyui(comfy_host):
     folder = Path(re.search(r"Dataset folder: (.+)", report).group(1))
     assert folder.parent == Path(comfy_host.output_dir) / "likeness" / "datasets"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["0001.png", "0001.txt", "0002.png", "0002.txt", "report.json"]
+    assert names == ["0001.mask.png", "0001.png", "0001.txt", "0002.mask.png", "0002.png", "0002.txt", "report.json"]
     assert (folder / "0001.txt").read_text() == "photo of zwx person\n"
     assert json.loads((folder / "report.json").read_text())["summary"]["kept"] == 2
 

@@ -153,3 +153,39 @@ def test_keep_best_keeps_an_earlier_step_and_early_stop_ends_the_run():
     images = render_probes(result["parts"], probes, cfg)
     scores = cfg.make_judge().score(images)
     assert sum(s for s, _ in scores) / len(scores) == pytest.approx(best["likeness"], abs=1e-4)
+
+
+def test_methods_variants_data_and_metrics(tmp_path):
+    """The issue-15 variants of the proof (numbers: docs/learning_proof.md): the subject on changing backgrounds with
+    masks the product reads, the background metrics, and the prior from the base model asking for no class images."""
+    from benchmarks import proof_methods as pm
+    from trainers.train.plan import plan
+
+    pairs = pd.subject_on_backgrounds(5)
+    clean = pd.subject_images(5)
+    for (img, mask), ref in zip(pairs, clean, strict=True):
+        m = np.asarray(mask) > 0
+        assert (np.asarray(img)[m] == np.asarray(ref)[m]).all()  # the same subject at the same place
+    backgrounds = {np.asarray(img)[~(np.asarray(mask) > 0)].tobytes() for img, mask in pairs}
+    assert len(backgrounds) == 5  # a new background in every picture
+    assert [np.asarray(a).tobytes() for a, _ in pd.subject_on_backgrounds(5)] == [
+        np.asarray(a).tobytes() for a, _ in pairs
+    ]
+
+    bg = pm.write_background_set(tmp_path / "instance_bg", 5)
+    subject = pd.to_unit_array(clean)
+    same = pm.background_metrics(bg["train"], subject, bg)
+    assert same["fg_subj"] == 0.0 and same["bg_train"] == 0.0  # the training pictures themselves
+    plain = pm.background_metrics(subject, subject, bg)
+    assert plain["fg_subj"] == 0.0 and plain["bg_train"] > 0.05  # the subject on grey: far from the backgrounds
+
+    ProofDreamBooth, _ = lp.proof_configs()
+    opts = dict(
+        instance_prompt=pd.INSTANCE_PROMPT, class_prompt=pd.CLASS_PROMPT, output=str(tmp_path / "o.safetensors")
+    )
+    masked = ProofDreamBooth(**opts, prior_preservation=False, **pm.train_options("db_bg_masked", tmp_path))
+    assert all(e.mask is not None for e in plan(masked).instance.examples)
+    base_prior = ProofDreamBooth(
+        **opts, instance_data=str(tmp_path / "instance_bg"), **pm.train_options("db_base_prior", tmp_path)
+    )
+    assert base_prior.prior_preservation and plan(base_prior).classes is None

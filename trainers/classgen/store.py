@@ -55,6 +55,19 @@ class ClassImagesConfig:
     resolution: int = opt(
         512, "Side of the square images in pixels, a multiple of 8 (512 for SD1.5).", min=32, max=2048, step=8
     )
+    width: int = opt(
+        0,
+        "Image width in pixels for class images in a non-square training bucket (e.g. 448 with height 576: the 3:4 "
+        "bucket of resolution 512); 0 = resolution. A multiple of 8.",
+        min=0,
+        max=2048,
+        step=8,
+        advanced=True,
+    )
+    height: int = opt(
+        0, "Image height in pixels (see width); 0 = resolution. A multiple of 8.", min=0, max=2048, step=8,
+        advanced=True,
+    )  # fmt: skip
     steps: int = opt(30, "Denoising steps per image (20-40 is plenty for DDIM / Euler a).", min=1, max=200)
     cfg: float = opt(
         7.0, "Guidance scale: how closely the images follow the prompt (1 turns guidance off).", min=1.0, max=30.0
@@ -102,11 +115,18 @@ class ClassImagesConfig:
             raise ConfigError(
                 "option 'class_prompt' is empty; describe the class without your token, e.g. 'a photo of woman face'"
             )
-        if self.resolution % 8:
-            lower = self.resolution // 8 * 8
-            raise ConfigError(
-                f"option 'resolution' is {self.resolution}; it must be a multiple of 8 (e.g. {lower} or {lower + 8})"
-            )
+        for name in ("resolution", "width", "height"):
+            value = getattr(self, name)
+            if value % 8:
+                lower = value // 8 * 8
+                raise ConfigError(
+                    f"option '{name}' is {value}; it must be a multiple of 8 (e.g. {lower or 8} or {lower + 8})"
+                )
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the images: ``resolution`` squared unless width/height say otherwise."""
+        return (self.width or self.resolution, self.height or self.resolution)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,6 +150,9 @@ def set_settings(config: ClassImagesConfig, model_key: str) -> dict[str, Any]:
     data["negative_prompt"] = data["negative_prompt"].strip()
     data["cfg"] = float(data["cfg"])
     data["model"] = model_key
+    width, height = config.size
+    if (width, height) != (config.resolution, config.resolution):  # square sets keep the keys they always had
+        data["width"], data["height"] = width, height
     return data
 
 

@@ -3,8 +3,9 @@
 For each photo: read it safely (:mod:`.images`), find the subject's face (:mod:`.faces`), cut a square around it
 with a margin (shifted to stay inside the photo; padded only as a reported last resort), resize it to the training
 resolution with LANCZOS, and measure what would hurt training (small face -> upscaling, blur, several faces,
-near-duplicate shots). The kept crops are written as ``0001.png, 0002.png, ...`` (plus ``.txt`` captions) with a
-``report.json``; the folder name is a key of the inputs and options, so running again on the same photos reuses it
+near-duplicate shots). The kept crops are written as ``0001.png, 0002.png, ...`` (plus ``.txt`` captions, soft face
+masks ``0001.mask.png`` for the face-weighted loss, and with ``shape="both"`` a 3:4 portrait crop
+``0001.portrait.png`` beside each square: :mod:`.crop_shapes`) with a ``report.json``; the folder name is a key of the inputs and options, so running again on the same photos reuses it
 instead of writing a second copy.
 
 Entry point: :func:`build_dataset`. Geometry (:func:`face_crop_box`), blur and hashes are plain functions.
@@ -35,17 +36,20 @@ from ..configspec import config_hash, opt, to_dict
 from ..errors import ConfigError, DatasetError
 from ..fsutil import STALE_AFTER_S, file_sha256, write_json_atomic
 from ..train.config import DEFAULT_INSTANCE_PROMPT
+from .buckets import portrait_size
+from .crop_shapes import RectBox, cut_rect, face_mask, portrait_box
 from .faces import DETECTORS, Face, FaceDetector, choose_face, make_detector
 from .images import LoadedImage, list_images, read_image
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when the same inputs and options would give different crops
+PIPELINE_VERSION = 2  # bump when the same inputs and options would give different crops
 RECOMMENDED_IMAGES = 15  # what DreamBooth wants for a person
 UPSCALE_WARN = 2.0
 MAX_TIGHT_FRACTION = 0.8  # a crop narrower than the margin asks for may hold the face up to this share of its side
 REPORT_NAME = "report.json"
-_OWN_NAME = re.compile(r"\d{4,}\.(png|txt)")  # the names _keep gives a crop and its caption
+_OWN_NAME = re.compile(r"\d{4,}(\.portrait)?(\.png|\.txt|\.mask\.png)")  # the names _keep gives crops, captions, masks
+SHAPES = ("square", "portrait", "both")
 _PART_NAME = re.compile(r"^\.report\.json\.[A-Za-z0-9_]{8}\.part$")  # an unfinished report (atomic write)
 
 
@@ -86,6 +90,19 @@ class CropConfig:
     )
     detector_model: str | None = opt(
         None, "YuNet .onnx model file for detector auto/yunet (the node finds it in models/facedetection/).", node=False
+    )
+    shape: str = opt(
+        "square",
+        "Crop shape: square (resolution x resolution), portrait (3:4 head and shoulders, 448x576 for 512: "
+        "training keeps the aspect) or both (a square and a portrait crop of every photo).",
+        choices=SHAPES,
+        advanced=True,
+    )
+    masks: bool = opt(
+        True,
+        "Write a soft face mask beside each crop (0001.mask.png) for the face-weighted loss (training option "
+        "masked_loss).",
+        advanced=True,
     )
     captions: bool = opt(True, "Write a .txt caption with the instance prompt beside each image.", advanced=True)
     recursive: bool = opt(False, "Also read photos in subfolders of the input folder.", advanced=True)
@@ -259,6 +276,8 @@ class ImageReport:
     upscale: float = 0.0  # output side / crop side in source pixels
     blur: float = 0.0  # sharpness of the face region of the crop
     dhash: str = ""  # 64-bit difference hash of the whole (upright) photo, for near-duplicates
+    portrait: str = ""  # the 3:4 crop beside the square one (shape "both"), e.g. "0003.portrait.png"
+    mask: bool = False  # a soft face mask was written beside each crop
     duplicate_of: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -268,9 +287,7 @@ class ImageReport:
 Loader = Callable[[], LoadedImage]
 
 
-def crop_one(
-    name: str, load: Loader, cfg: CropConfig, detector: FaceDetector
-) -> tuple[ImageReport, Image.Image | None]:
+def crop_one(name: str, load: Loader, cfg: CropConfig, detector: FaceDetector) -> tuple[ImageReport, Crops | None]:
     """Read, detect, crop and measure one photo. Never raises for a bad photo: it is reported as skipped."""
     rep = ImageReport(source=name)
     try:
@@ -286,7 +303,7 @@ def crop_one(
 
 def _crop_one(
     rep: ImageReport, load: Loader, cfg: CropConfig, detector: FaceDetector
-) -> tuple[ImageReport, Image.Image | None]:
+) -> tuple[ImageReport, Crops | None]:
     loaded = load()
     image = loaded.image
     rep.notes.extend(loaded.notes)
@@ -340,7 +357,47 @@ def _crop_one(
     # The whole photo's hash (not the crop's): a resaved or resized copy matches even if the face box jitters.
     rep.dhash = f"{dhash(image):016x}"
     rep.status = "kept"
-    return rep, crop
+    return rep, make_crops(rep, image, face, box, crop, cfg)
+
+
+@dataclass
+class Crops:
+    """What one kept photo becomes: the main crop (square, or 3:4 with ``shape="portrait"``), its mask, and with
+    ``shape="both"`` a portrait crop and its mask as well."""
+
+    main: Image.Image
+    mask: Image.Image | None = None
+    portrait: Image.Image | None = None
+    portrait_mask: Image.Image | None = None
+
+
+def make_crops(rep: ImageReport, image: Image.Image, face: Face | None, box: CropBox, square, cfg: CropConfig) -> Crops:
+    """The square crop's companions: the portrait crop (by shape) and the soft masks (from the face box)."""
+    want_mask = cfg.masks and face is not None
+    rect = RectBox(box.left, box.top, box.side, box.side, box.padded, box.tight)
+    out = Crops(square, face_mask(face, rect, square.size) if want_mask else None)
+    if cfg.shape == "square":
+        return out
+    size = portrait_size(cfg.resolution)
+    if face is None:
+        tall = RectBox(*_centre_portrait(*image.size))
+    else:
+        tall = portrait_box(face, *image.size, cfg.margin)
+        if tall.padded:
+            rep.warnings.append("portrait padded: the face is too close to the edge for a 3:4 crop")
+    portrait = cut_rect(image, tall, size)
+    portrait_mask = face_mask(face, tall, size) if want_mask else None
+    rep.crop = {**(rep.crop or {}), "portrait": [tall.left, tall.top, tall.width, tall.height]}
+    if cfg.shape == "portrait":
+        return Crops(portrait, portrait_mask)
+    return Crops(square, out.mask, portrait, portrait_mask)
+
+
+def _centre_portrait(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred 3:4 box of a photo (no face found, centre crops asked for)."""
+    w = min(width, round(height * 0.75))
+    h = min(height, round(w / 0.75))
+    return ((width - w) // 2, (height - h) // 2, w, h)
 
 
 def _focus_region(crop: Image.Image, face: Face | None, box: CropBox, resolution: int) -> np.ndarray:
@@ -558,7 +615,7 @@ def _process_all(
     fresh = getattr(detector, "fresh", None)
     shared = threading.Lock()
 
-    def work(src: Source) -> tuple[ImageReport, Image.Image | None]:
+    def work(src: Source) -> tuple[ImageReport, Crops | None]:
         # Detectors are not thread-safe: one per worker thread, or the given one shared under a lock when a custom
         # detector cannot make a copy of itself.
         det = getattr(local, "det", None)
@@ -597,7 +654,7 @@ def _process_all(
     return reports
 
 
-def _keep(rep: ImageReport, crop: Image.Image | None, cfg: CropConfig, staging: Path, kept: list) -> None:
+def _keep(rep: ImageReport, crop: Crops | None, cfg: CropConfig, staging: Path, kept: list) -> None:
     if crop is None:
         return
     h = int(rep.dhash, 16)
@@ -612,9 +669,17 @@ def _keep(rep: ImageReport, crop: Image.Image | None, cfg: CropConfig, staging: 
         rep.warnings.append(f"near-duplicate of {out} ({src}, hash distance {d})")
     name = f"{len(kept) + 1:04d}"
     rep.output = f"{name}.png"
-    crop.save(staging / rep.output, format="PNG", compress_level=1)
-    if cfg.captions:
-        (staging / f"{name}.txt").write_text(cfg.instance_prompt.strip() + "\n", encoding="utf-8")
+    files = [(name, crop.main, crop.mask)]
+    if crop.portrait is not None:
+        rep.portrait = f"{name}.portrait.png"
+        files.append((f"{name}.portrait", crop.portrait, crop.portrait_mask))
+    for stem, image, mask in files:
+        image.save(staging / f"{stem}.png", format="PNG", compress_level=1)
+        if mask is not None:
+            mask.save(staging / f"{stem}.mask.png", format="PNG", compress_level=1)
+            rep.mask = True
+        if cfg.captions:
+            (staging / f"{stem}.txt").write_text(cfg.instance_prompt.strip() + "\n", encoding="utf-8")
     kept.append((h, rep.output, rep.source))
 
 
@@ -724,7 +789,7 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
     cfg = report["config"]
     lines = [
         f"Face crop: {s['kept']} of {s['total']} photos kept, {s['skipped']} skipped "
-        f"({cfg['resolution']}x{cfg['resolution']}, detector {report['detector']})",
+        f"({_shape_text(cfg)}, detector {report['detector']})",
     ]
     if folder is not None:
         lines.append(f"Dataset folder: {folder}")
@@ -754,8 +819,17 @@ def format_report(report: dict[str, Any], folder: str | Path | None = None) -> s
     return "\n".join(lines)
 
 
+def _shape_text(cfg: dict[str, Any]) -> str:
+    """'512x512', '448x576 portraits' or '512x512 + 448x576 portraits', and whether masks were written."""
+    res, shape = cfg["resolution"], cfg.get("shape", "square")
+    tall = "{}x{} portraits".format(*portrait_size(res))
+    text = {"portrait": tall, "both": f"{res}x{res} + {tall}"}.get(shape, f"{res}x{res}")
+    return text + (", face masks" if cfg.get("masks") else "")
+
+
 def _is_own_name(name: Any) -> bool:
-    """A file name this module generates for a crop (``0001.png``, ``0001.txt``): the only names it ever deletes."""
+    """A file name this module generates for a crop (``0001.png``, ``0001.txt``, ``0001.mask.png``,
+    ``0001.portrait.png``, ...): the only names it ever deletes."""
     return isinstance(name, str) and _OWN_NAME.fullmatch(name) is not None
 
 
@@ -789,7 +863,8 @@ def _owned_files(report: dict[str, Any]) -> list[str]:
     for r in report.get("images", []):
         out = r.get("output")
         if r.get("status") == "kept" and _is_own_name(out):
-            names += [out, Path(out).with_suffix(".txt").name]
+            stem = Path(out).stem
+            names += [f"{s}{ext}" for s in (stem, f"{stem}.portrait") for ext in (".png", ".txt", ".mask.png")]
     return names + [REPORT_NAME]
 
 

@@ -36,6 +36,10 @@ DEFAULT_MAX_PIXELS = 80_000_000
 """Largest image (width x height) :func:`load_rgb` decodes by default: above any camera's photos (a 61 MP full
 frame is 9504x6336), below Pillow's own bomb warning, and ~240 MB as RGB."""
 
+MASK_SUFFIX = ".mask.png"
+"""A soft face mask beside a training image (``0001.png`` -> ``0001.mask.png``, grey levels 0..255): written by the
+face crop, read by the training dataset for the face-weighted loss, never listed as a photo itself."""
+
 NEUTRAL_GREY = (128, 128, 128)
 """Background that transparent pixels are flattened onto: neither the black nor white a model would learn."""
 
@@ -43,7 +47,8 @@ NEUTRAL_GREY = (128, 128, 128)
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (by extension, case-insensitive), sorted by relative path: deterministic.
 
-    Hidden files and folders (``.name``) are ignored. Raises :class:`DatasetError` if ``folder`` is not a folder.
+    Hidden files and folders (``.name``) and soft masks (``*.mask.png``) are ignored. Raises :class:`DatasetError`
+    if ``folder`` is not a folder.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -61,7 +66,15 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 
 
 def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    lower = name.lower()
+    return (
+        not name.startswith(".") and os.path.splitext(lower)[1] in IMAGE_EXTENSIONS and not lower.endswith(MASK_SUFFIX)
+    )
+
+
+def mask_path(image: Path) -> Path:
+    """Where the soft mask of a training image lives (``photo.png`` -> ``photo.mask.png``)."""
+    return image.with_name(image.stem + MASK_SUFFIX)
 
 
 @dataclass

@@ -109,6 +109,9 @@ class TextProgress:
         self.saving_path: str | None = None
 
     def on_progress(self, info) -> None:
+        if info.phase == "validation" and info.loss_validation is not None:
+            self._line(f"step {info.step}: validation loss {info.loss_validation:.5f}")
+            return
         if info.phase == "saving":
             self._start_saving()
             return

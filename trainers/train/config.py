@@ -35,6 +35,7 @@ EVAL_EVERY_HELP = (
     "images from fixed seeds, scored by face identity against the subject photos (needs dlib: pip install dlib-bin "
     "face_recognition_models)."
 )
+PRIOR_MODES = ("class_images", "base_model")
 
 PATH_OPTIONS = (
     "base_model",
@@ -46,10 +47,12 @@ PATH_OPTIONS = (
     "state_dir",
     "resume_from",
     "continue_from",  # LoRA: the file a run continues (its content hash is in the weights hash)
+    "validation_folder",
 )
 """Options that are locations, not training choices: left out of saved metadata and content hashes."""
 
 RUN_OPTIONS = PATH_OPTIONS + ("overwrite", "device", "checkpoint_every", "keep_checkpoints", "save_state_on_stop")
+RUN_OPTIONS += ("ema_on_cpu", "validation_every")
 """Options that do not change the trained weights (a resumed run may change them)."""
 
 SAMPLE_OPTIONS = ("sample_every", "sample_prompts", "sample_at_end", "sample_seed", "sample_steps", "sample_guidance")
@@ -89,6 +92,14 @@ class TrainConfig:
     prior_loss_weight: float = opt(
         1.0, "Weight of the class (prior) loss next to the subject loss; 1.0 in the DreamBooth paper.", min=0.0
     )
+    prior: str = opt(
+        "class_images",
+        "Where prior preservation's class target comes from: class_images (generated beforehand) or base_model (the "
+        "frozen base model's own prediction for the class prompt on the same noisy latents: no class images to "
+        "make. LoRA: one more forward pass per step with the adapters off. DreamBooth: a frozen copy of the UNet, "
+        "about 1.7 GB more VRAM in fp16).",
+        choices=PRIOR_MODES,
+    )
     output: str = opt("", "Where to write the result (.safetensors).", node=False)
     overwrite: bool = opt(False, "Replace an existing output file (otherwise that is an error).", node=False)
 
@@ -103,6 +114,35 @@ class TrainConfig:
     random_flip: bool = opt(
         False, "Mirror images at random (off for faces: parting and moles are one-sided).", advanced=True
     )
+    buckets: bool = opt(
+        True,
+        "Aspect buckets: each image trains at its own aspect (3:4 portraits at 448x576 for resolution 512) with about "
+        "resolution^2 pixels, a batch holding one bucket; off = every image is centre-cropped to a square.",
+        advanced=True,
+    )
+    bucket_step: int = opt(
+        64, "Bucket sides are multiples of this (64 for SD1.5: its UNet halves the latents 3 times).", min=8,
+        max=256, step=8, advanced=True,
+    )  # fmt: skip
+    max_upscale: float = opt(
+        2.0,
+        "With buckets, an image is never enlarged more than this to fill its bucket: a smaller image gets a smaller "
+        "bucket (the face crop warns above 2x).",
+        min=1.0,
+        max=8.0,
+        advanced=True,
+    )
+    validation_images: int = opt(
+        0, "Hold out this many photos (not trained on) for a validation loss curve (0 = none).", min=0, advanced=True
+    )
+    validation_folder: str | None = opt(
+        None, "Or a folder of held-out photos for the validation loss (they stay out of training).", node=False,
+        advanced=True,
+    )  # fmt: skip
+    validation_every: int = opt(
+        100, "Compute the validation loss every N steps (at fixed timesteps and noise, so points compare).", min=1,
+        advanced=True,
+    )  # fmt: skip
 
     # --- optimizer ---
     learning_rate: float = opt(2e-6, "Learning rate (2e-6 for a full UNet on faces).", min=0.0, step=1e-7)
@@ -141,6 +181,25 @@ class TrainConfig:
     )  # fmt: skip
     noise_offset: float = opt(
         0.0, "Offset noise strength (0.05-0.1 helps very dark/bright images, 0 = off).", min=0.0, advanced=True
+    )
+    masked_loss: bool = opt(
+        True,
+        "Face-weighted loss: weigh the loss by the soft face masks the face crop writes (*.mask.png), so training "
+        "spends itself on the face; off by itself for a dataset without masks. Class images are never masked.",
+        advanced=True,
+    )
+    mask_floor: float = opt(
+        0.3, "Loss weight of the picture outside the face mask (1 = no weighting, 0 = face only).", min=0.0,
+        max=1.0, advanced=True,
+    )  # fmt: skip
+    ema: bool = opt(False, "Keep an EMA of the trained weights; the result and the samples use it.", advanced=True)
+    ema_decay: float = opt(
+        0.995, "EMA decay per step (warm-up (1+n)/(10+n) below it; 0.995 = a half-life of ~140 steps).", min=0.0,
+        max=1.0, step=0.0001, advanced=True,
+    )  # fmt: skip
+    ema_start_step: int = opt(0, "The EMA follows the weights exactly until this step.", min=0, advanced=True)
+    ema_on_cpu: bool = opt(
+        False, "Keep the EMA weights in CPU memory (saves VRAM: a full copy of what trains; slower).", advanced=True
     )
 
     # --- text encoder ---
@@ -234,11 +293,13 @@ class TrainConfig:
             raise ConfigError(
                 f"option 'resolution' is {self.resolution}; it must be a multiple of 8 (e.g. {self.resolution // 8 * 8})"
             )
-        if self.prior_preservation and not self.class_data:
+        if self.prior_preservation and self.prior == "class_images" and not self.class_data:
             raise ConfigError(
                 "prior preservation needs class images: set 'class_data' to a folder of class images "
-                "(Generate Class Images makes them) or set prior_preservation=false"
+                "(Generate Class Images makes them), set prior=base_model, or set prior_preservation=false"
             )
+        if self.validation_images and self.validation_folder:
+            raise ConfigError("give either 'validation_images' (held out from the photos) or 'validation_folder'")
         if not self.instance_prompt.strip():
             raise ConfigError("option 'instance_prompt' is empty; describe the subject, e.g. 'a photo of sks woman'")
         if self.prior_preservation and not self.class_prompt.strip():

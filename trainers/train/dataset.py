@@ -2,8 +2,11 @@
 
 - A folder holds images directly and/or kohya-style ``<repeats>_<name>`` sub-folders whose images count
   ``repeats`` times per epoch (``10_sks woman/``); hidden files and other sub-folders are ignored.
-- A ``photo.txt`` beside ``photo.jpg`` is that image's caption; otherwise the folder's prompt is used.
-- Images are resized (shorter side) and centre-cropped to the training resolution with PIL.
+- A ``photo.txt`` beside ``photo.jpg`` is that image's caption; otherwise the folder's prompt is used. A
+  ``photo.mask.png`` beside it is its soft face mask (the face crop writes them) for the face-weighted loss.
+- Images are resized (shorter side) and centre-cropped to the training resolution with PIL; with aspect buckets
+  (:mod:`.buckets`) each image keeps its aspect instead, at about the same pixel count, and is never enlarged past
+  the limit.
 - The order is a pure function of ``(seed, sample index)``: a seeded permutation per epoch and a seeded flip per
   sample. Nothing about the order has to be saved for an exact resume, and every process of a multi-GPU run agrees.
 
@@ -18,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.images import list_images, load_rgb
+from ..data.images import list_images, load_rgb, mask_path
 from ..errors import DatasetError
 from ..fsutil import file_sha256
 
@@ -29,12 +32,39 @@ _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 
 @dataclass(frozen=True)
 class Example:
-    """One training image, already squared to the resolution (``pixels``: uint8 HxWx3 bytes)."""
+    """One training image at its training size (``pixels``: uint8 HxWx3 bytes; ``mask``: uint8 HxW or None)."""
 
     path: Path
     caption: str
     pixels: bytes
-    size: int  # side in pixels
+    width: int
+    height: int
+    mask: bytes | None = None  # the soft face mask at the same size (0..255), when the dataset has one
+
+    @property
+    def bucket(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How images get their training size: squares at ``resolution``, or aspect buckets (:mod:`.buckets`)."""
+
+    resolution: int
+    buckets: bool = False
+    step: int = 64
+    max_upscale: float = 2.0
+
+    @classmethod
+    def of(cls, config) -> Sizing:
+        return cls(config.resolution, config.buckets, config.bucket_step, config.max_upscale)
+
+    def bucket(self, width: int, height: int) -> tuple[int, int]:
+        if not self.buckets:
+            return (self.resolution, self.resolution)
+        from ..data.buckets import bucket_for
+
+        return bucket_for(width, height, self.resolution, self.step, self.max_upscale)
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,9 @@ def fingerprint(folder: str | Path, what: str = "dataset") -> str:
         caption = path.with_suffix(".txt")
         if caption.is_file():
             h.update(b"caption:" + _file_identity(caption).encode())
+        mask = mask_path(path)
+        if mask.is_file():
+            h.update(b"mask:" + _file_identity(mask).encode())
     return h.hexdigest()
 
 
@@ -125,11 +158,23 @@ def square(image, size: int):
     return image.crop((left, top, left + size, top + size))
 
 
-def load_image_set(folder: str | Path, prompt: str, resolution: int, kind: str) -> ImageSet:
-    """Read, caption and square every image of a folder; unreadable ones are skipped (and listed), none is an error."""
-    what = "instance (subject)" if kind == "instance" else "class"
+def load_image_set(
+    folder: str | Path,
+    prompt: str,
+    resolution: int,
+    kind: str,
+    *,
+    sizing: Sizing | None = None,
+    masks: bool = False,
+    exclude: frozenset[Path] = frozenset(),
+) -> ImageSet:
+    """Read, caption and size every image of a folder (squares, or buckets with ``sizing``); unreadable ones are
+    skipped (and listed), none is an error. ``masks`` reads each image's soft mask when it has one; ``exclude``
+    leaves out images (held out for validation)."""
+    what = {"instance": "instance (subject)", "class": "class"}.get(kind, kind)
     root = Path(folder)
-    entries = scan_folder(root, what)
+    sizing = sizing or Sizing(resolution)
+    entries = [(p, r) for p, r in scan_folder(root, what) if p not in exclude]
     examples: list[Example] = []
     files: list[Path] = []
     skipped: list[str] = []
@@ -137,25 +182,61 @@ def load_image_set(folder: str | Path, prompt: str, resolution: int, kind: str) 
     for path, repeats in entries:
         if path not in loaded:
             try:
-                image = square(load_rgb(path), resolution)
+                example, used = read_example(path, prompt, sizing, masks)
             except DatasetError as e:
                 skipped.append(str(e))
                 log.warning("skipping %s", e)
                 continue
-            caption_file = path.with_suffix(".txt")
-            caption = prompt
-            if caption_file.is_file():
-                text = caption_file.read_text(encoding="utf-8", errors="replace").strip()
-                if text:
-                    caption = text
-                    files.append(caption_file)
-            files.append(path)
-            loaded[path] = Example(path=path, caption=caption, pixels=image.tobytes(), size=resolution)
+            files.extend(used)
+            loaded[path] = example
         examples.extend([loaded[path]] * repeats)
     if not examples:
         reasons = "; ".join(skipped[:3])
         raise DatasetError(f"{what} folder {root} has no readable images ({len(skipped)} refused: {reasons})")
     return ImageSet(kind=kind, folder=root, examples=tuple(examples), files=tuple(files), skipped=tuple(skipped))
+
+
+def read_example(path: Path, prompt: str, sizing: Sizing, masks: bool = False) -> tuple[Example, list[Path]]:
+    """One image at its training size, its caption (``.txt`` beside it, else ``prompt``) and its mask; with the files
+    read. Raises :class:`DatasetError` for an unreadable image (an unreadable mask is ignored, with a warning)."""
+    from ..data.buckets import fit
+
+    image = load_rgb(path)
+    bucket = sizing.bucket(*image.size)
+    pixels = fit(image, bucket) if sizing.buckets else square(image, sizing.resolution)
+    files = []
+    caption = prompt
+    caption_file = path.with_suffix(".txt")
+    if caption_file.is_file():
+        text = caption_file.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            caption = text
+            files.append(caption_file)
+    files.append(path)
+    mask = None
+    if masks and mask_path(path).is_file():
+        mask = _read_mask(mask_path(path), image.size, bucket, sizing)
+        if mask is not None:
+            files.append(mask_path(path))
+    return Example(path, caption, pixels.tobytes(), bucket[0], bucket[1], mask), files
+
+
+def _read_mask(path: Path, size: tuple[int, int], bucket: tuple[int, int], sizing: Sizing) -> bytes | None:
+    """A grey mask sized and cropped exactly like its image (a mask of another size is stretched to it first)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..data.buckets import fit
+
+    try:
+        with Image.open(path) as im:
+            mask = im.convert("L")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        log.warning("ignoring the mask %s (%s): that image trains without a mask", path, e)
+        return None
+    if mask.size != size:
+        mask = mask.resize(size, Image.Resampling.BILINEAR)
+    sized = fit(mask, bucket, Image.Resampling.BILINEAR) if sizing.buckets else square(mask, sizing.resolution)
+    return sized.tobytes()
 
 
 def mix_seed(*parts: int) -> int:
@@ -192,6 +273,29 @@ def to_tensor(example: Example, flip: bool):
     """uint8 pixels -> float tensor 3xHxW in [-1, 1] (mirrored if ``flip``)."""
     import torch
 
-    t = torch.frombuffer(bytearray(example.pixels), dtype=torch.uint8).view(example.size, example.size, 3)
+    t = torch.frombuffer(bytearray(example.pixels), dtype=torch.uint8).view(example.height, example.width, 3)
     t = t.permute(2, 0, 1).float().div(127.5).sub(1.0)
     return t.flip(-1) if flip else t
+
+
+def mask_tensor(example: Example, flip: bool):
+    """The example's mask as a float tensor 1xHxW in [0, 1] (mirrored with its image); all ones without a mask."""
+    import torch
+
+    if example.mask is None:
+        return torch.ones(1, example.height, example.width)
+    t = torch.frombuffer(bytearray(example.mask), dtype=torch.uint8).view(1, example.height, example.width)
+    t = t.float().div(255.0)
+    return t.flip(-1) if flip else t
+
+
+def refit(example: Example, bucket: tuple[int, int]) -> Example:
+    """A class image moved to another bucket (resized to cover it and centre-cropped), for a batch of that shape."""
+    from PIL import Image
+
+    from ..data.buckets import fit
+
+    if example.bucket == tuple(bucket):
+        return example
+    image = Image.frombytes("RGB", example.bucket, example.pixels)
+    return Example(example.path, example.caption, fit(image, bucket).tobytes(), bucket[0], bucket[1], None)

@@ -265,7 +265,11 @@ class EvaluationHook(Hook):
         self._emit(trainer, info)
 
     def evaluate(self, trainer) -> None:
-        images = self.render(trainer, self.probes)
+        from .hooks import sampling_weights
+
+        with sampling_weights(trainer):  # with EMA on, the EMA weights are judged and kept (they are the result)
+            images = self.render(trainer, self.probes)
+            snapshot = self._snapshot(trainer) if images is not None and self.cfg.keep_best else None
         if images is None:
             self.pending = trainer.step
             return
@@ -276,8 +280,8 @@ class EvaluationHook(Hook):
         if record["eligible"] and (self.best is None or numbers["likeness"] >= self.best["likeness"]):
             self.best = {"step": trainer.step, "likeness": numbers["likeness"], "bleed": numbers["bleed"]}
             self.since_best = 0
-            if self.cfg.keep_best:
-                self.best_weights = self._snapshot(trainer)
+            if snapshot is not None:
+                self.best_weights = snapshot
         elif numbers["likeness"] is not None:
             self.since_best += 1
         self.history.append(record)

@@ -18,7 +18,7 @@ class ProgressInfo:
 
     step: int
     total: int
-    phase: str  # caching | training | sampling | saving
+    phase: str  # caching | training | validation | sampling | saving
     loss: float | None = None
     loss_smoothed: float | None = None
     lr: float | None = None
@@ -27,6 +27,7 @@ class ProgressInfo:
     it_s: float | None = None
     loss_instance: float | None = None
     loss_prior: float | None = None
+    loss_validation: float | None = None  # phase "validation": the held-out photos' loss at this step
 
     def as_event(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

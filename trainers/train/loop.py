@@ -33,10 +33,11 @@ from typing import Any
 from .. import __version__
 from ..devices import placement
 from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
-from .dataset import Order, mix_seed, to_tensor
+from .batches import BatchPlan, has_masks, pixel_masks
+from .dataset import mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
-from .hooks import hooks_for
-from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
+from .hooks import hooks_for, sampling_weights
+from .objective import diffusion_loss, draw_noise, mask_weights, min_snr_weights, noisy_latents_and_target
 from .plan import Plan, free_output_path, metadata_config, plan, weights_hash
 from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
 from .strategy import RunContext
@@ -156,6 +157,11 @@ class Trainer:
             module.eval()
         for module in self.modules.values():
             module.train()
+        self.base_prior = None
+        if cfg.prior_preservation and cfg.prior == "base_model":
+            from .base_prior import BasePrior
+
+            self.base_prior = BasePrior.build(self)
         if cfg.gradient_checkpointing:
             if "unet" in self.modules:
                 c.unet.enable_gradient_checkpointing()
@@ -167,9 +173,10 @@ class Trainer:
         self.unet_fwd = self.accel.prepare(c.unet) if self.world > 1 and "unet" in self.modules else c.unet
         self.te_training = "text_encoder" in self.modules
         self.te_fwd = self.accel.prepare(c.text_encoder) if self.world > 1 and self.te_training else c.text_encoder
-        self.orders = {"instance": Order(len(self.plan.instance), cfg.seed, 1, cfg.random_flip)}
-        if self.plan.classes is not None:
-            self.orders["class"] = Order(len(self.plan.classes), cfg.seed, 2, cfg.random_flip)
+        self.batches = BatchPlan(self.plan.instance, self.plan.classes, cfg.seed, cfg.random_flip, cfg.batch_size)
+        self.masked = bool(cfg.masked_loss) and has_masks(self.plan.instance)
+        if cfg.masked_loss and not self.masked:
+            log.info("face-weighted loss: the dataset has no masks (*.mask.png), so the loss is not weighted")
         self.scaling = getattr(c.vae.config, "scaling_factor", 0.18215)
         self.num_timesteps = c.noise_scheduler.config.num_train_timesteps
         torch.manual_seed(mix_seed(cfg.seed, 0))  # anything outside our generators (dropout) is seeded too
@@ -241,20 +248,25 @@ class Trainer:
         sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device, read once per step
         for micro in range(accum):
             gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, self.step, micro, self.rank))
-            latents, captions = self.batch(micro, gen)
+            latents, captions, masks = self.batch(micro, gen)
+            if self.base_prior is not None:
+                captions = captions + self.base_prior.captions(len(captions))
             sync = micro == accum - 1
             ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accel.no_sync(self.unet_fwd)
             with ctx, self.accel.autocast():
                 hidden = self.encode_text(captions)
                 noise, timesteps = draw_noise(latents, self.num_timesteps, gen, cfg.noise_offset)
                 noisy, target = noisy_latents_and_target(self.c.noise_scheduler, latents, noise, timesteps)
+                if self.base_prior is not None:
+                    noisy, timesteps, target = self.base_prior.extend(noisy, timesteps, target)
                 pred = self.unet_fwd(noisy, timesteps, hidden, return_dict=False)[0]
                 weights = None
                 if cfg.snr_gamma:
                     weights = min_snr_weights(self.c.noise_scheduler, timesteps, cfg.snr_gamma)
                 parts = diffusion_loss(
-                    pred, target, n_instance=cfg.batch_size, prior_weight=cfg.prior_loss_weight, weights=weights
-                )
+                    pred, target, n_instance=cfg.batch_size, prior_weight=cfg.prior_loss_weight, weights=weights,
+                    pixel_weights=self.pixel_weights(masks, pred),
+                )  # fmt: skip
             self.accel.backward(parts.total / accum)
             sums += torch.stack([parts.total.detach(), parts.instance, parts.prior_or_zero()]).float() / accum
         norm = None
@@ -265,7 +277,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, inst, (prior if self.plan.classes is not None else None)
+        return total, inst, (prior if self.plan.classes is not None or self.base_prior is not None else None)
 
     def check_finite(self, sums, norm) -> tuple[float, float, float]:
         """The step's losses as numbers (the one device sync of a step); a non-finite loss, or gradient norm without
@@ -285,24 +297,27 @@ class Trainer:
             )
         return numbers[0], numbers[1], numbers[2]
 
-    def batch(self, micro: int, gen) -> tuple[Any, list[str]]:
-        """Subject samples then class samples (the same count) for this step, micro-batch and process."""
+    def batch(self, micro: int, gen) -> tuple[Any, list[str], Any]:
+        """Subject samples then class samples (the same count, the same bucket) for this step, micro-batch and
+        process, and the subject samples' soft masks (None without the face-weighted loss)."""
         import torch
 
         cfg = self.cfg
-        first = ((self.step * cfg.gradient_accumulation + micro) * self.world + self.rank) * cfg.batch_size
-        latents, captions = [], []
-        for kind, image_set in self.image_sets():
-            for k in range(first, first + cfg.batch_size):
-                index, flip = self.orders[kind](k)
-                example = image_set.examples[index]
-                latents.append(self.latents_of(kind, example, flip, gen))
-                captions.append(example.caption)
-        return torch.cat(latents).to(self.device), captions
+        number = (self.step * cfg.gradient_accumulation + micro) * self.world + self.rank
+        picks = self.batches(number)
+        latents = [self.latents_of(kind, example, flip, gen) for kind, example, flip in picks]
+        captions = [example.caption for _, example, _ in picks]
+        return torch.cat(latents).to(self.device), captions, (pixel_masks(picks) if self.masked else None)
 
-    def image_sets(self) -> list[tuple[str, Any]]:
-        sets = [("instance", self.plan.instance)]
-        return sets + ([("class", self.plan.classes)] if self.plan.classes is not None else [])
+    def pixel_weights(self, masks, pred):
+        """Per-pixel loss weights for the whole batch from the subject masks (1 for every class sample), or None."""
+        import torch
+
+        if masks is None:
+            return None
+        subject = mask_weights(masks, tuple(pred.shape[-2:]), self.cfg.mask_floor)
+        rest = torch.ones((pred.shape[0] - subject.shape[0], *subject.shape[1:]), dtype=subject.dtype)
+        return torch.cat([subject, rest]).to(pred.device)
 
     # -- VAE and text encoder ------------------------------------------------------------------------------------
 
@@ -355,8 +370,7 @@ class Trainer:
         if self.cfg.cache_latents:
             jobs = [
                 (kind, example, flip)
-                for kind, image_set in self.image_sets()
-                for example in image_set.unique
+                for kind, example in self.batches.unique()
                 for flip in ((False, True) if self.cfg.random_flip else (False,))
             ]
             self.cb.on_status(f"caching {len(jobs)} VAE latents")
@@ -368,7 +382,9 @@ class Trainer:
                     self.cb.on_progress(self.phase_info("caching"))
             self.offload("vae")
         if not self.te_training and self.cfg.cache_text_embeddings:
-            captions = {ex.caption for _, image_set in self.image_sets() for ex in image_set.unique}
+            captions = {ex.caption for _, ex in self.batches.unique()}
+            if self.base_prior is not None:
+                captions.add(self.cfg.class_prompt)
             self.encode_text(sorted(captions))
             self.offload("text_encoder")
 
@@ -437,8 +453,11 @@ class Trainer:
         self.cb.on_progress(self.phase_info("sampling"))
         for module in self.modules.values():
             module.eval()
-        with self.parts_on_device():
-            self.samples = sample_images(self.c, prompts, self.cfg, stop=self.stop, autocast=self.accel.autocast)
+        width, height = self.batches.buckets[0]
+        with self.parts_on_device(), sampling_weights(self):
+            self.samples = sample_images(
+                self.c, prompts, self.cfg, stop=self.stop, autocast=self.accel.autocast, size=(width, height)
+            )
         for module in self.modules.values():
             module.train()
         if not self.te_training:
@@ -689,8 +708,9 @@ def sample_prompts(cfg) -> list[str]:
     return list(cfg.sample_prompts) or [cfg.instance_prompt]
 
 
-def sample_images(components, prompts: list[str], cfg, *, stop=None, autocast=None) -> list:
-    """One image per prompt from the current weights: DDIM, a fixed seed per prompt, no safety checker (PIL)."""
+def sample_images(components, prompts: list[str], cfg, *, stop=None, autocast=None, size=None) -> list:
+    """One image per prompt from the current weights: DDIM, a fixed seed per prompt, no safety checker (PIL), at
+    ``size`` (width, height; default: the resolution squared)."""
     from ..sampling import Abandoned, encode_prompt, make_pipeline, render
 
     pipe = make_pipeline(components, "ddim")
@@ -705,8 +725,8 @@ def sample_images(components, prompts: list[str], cfg, *, stop=None, autocast=No
                     pipe,
                     embeds,
                     [mix_seed(cfg.sample_seed, i)],
-                    height=cfg.resolution,
-                    width=cfg.resolution,
+                    height=size[1] if size else cfg.resolution,
+                    width=size[0] if size else cfg.resolution,
                     steps=cfg.sample_steps,
                     guidance=cfg.sample_guidance,
                     stop=stop,

@@ -5,9 +5,13 @@ Plain functions on tensors, in the order of one step (read top to bottom):
 1. :func:`draw_noise` — Gaussian noise (plus optional *offset noise*) and uniform timesteps from a seeded generator;
 2. :func:`noisy_latents_and_target` — forward diffusion with the scheduler's ``add_noise``; the target is the
    noise (``epsilon``) or the velocity (``v_prediction``), whichever the model was trained to predict;
-3. :func:`diffusion_loss` — per-sample MSE, optional Min-SNR-γ weights (Hang et al. 2023, arXiv:2303.09556), then
-   the DreamBooth split: the first half of the batch are subject images, the second half class images, and
-   ``loss = subject + prior_weight * class`` (Ruiz et al. 2023, eq. 2).
+3. :func:`mask_weights` — optional face-weighted loss: a per-pixel weight in latent space from a soft face mask,
+   ``floor`` outside the face and 1 on it, normalised to mean 1 per image so the loss scale does not change;
+4. :func:`diffusion_loss` — per-sample MSE (per-pixel weighted when masks are given), optional Min-SNR-γ weights
+   (Hang et al. 2023, arXiv:2303.09556), then the DreamBooth split: the first half of the batch are subject images,
+   the second half class images (or, with the prior from the base model, the subject images under the class
+   prompt, whose target is the frozen base model's prediction), and ``loss = subject + prior_weight * class``
+   (Ruiz et al. 2023, eq. 2).
 """
 
 from __future__ import annotations
@@ -72,6 +76,21 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     return clipped / s
 
 
+def mask_weights(masks: torch.Tensor, latent_hw: tuple[int, int], floor: float) -> torch.Tensor:
+    """Per-pixel loss weights in latent space from soft masks ``(B, 1, H, W)`` in [0, 1] (pixel space).
+
+    Each mask is averaged down to the latent grid (area interpolation), mapped to ``floor + (1 - floor) * mask``
+    (so the face weighs 1 and the rest of the picture ``floor``) and divided by its mean: a weighted MSE then has
+    the same scale as the plain one, and the gradient outside the mask is ``floor`` times the gradient on it.
+    Returns ``(B, 1, h, w)`` float32.
+    """
+    import torch.nn.functional as F
+
+    small = F.interpolate(masks.float(), size=latent_hw, mode="area").clamp(0.0, 1.0)
+    w = floor + (1.0 - floor) * small
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+
+
 def diffusion_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -79,9 +98,14 @@ def diffusion_loss(
     n_instance: int,
     prior_weight: float = 1.0,
     weights: torch.Tensor | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> LossParts:
-    """MSE per sample (optionally weighted), split into the subject half and the class half of the batch."""
-    per_sample = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+    """MSE per sample (optionally weighted per sample, and per pixel by ``pixel_weights`` of shape ``(B, 1, h, w)``
+    broadcast over channels), split into the subject half and the class half of the batch."""
+    err = (pred.float() - target.float()).pow(2)
+    if pixel_weights is not None:
+        err = err * pixel_weights.to(err.device, err.dtype)
+    per_sample = err.mean(dim=tuple(range(1, pred.ndim)))
     if weights is not None:
         per_sample = per_sample * weights
     inst = per_sample[:n_instance].mean()

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..configspec import config_hash, to_dict, validate
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from .config import RUN_OPTIONS, WEIGHTLESS_OPTIONS
-from .dataset import ImageSet, fingerprint, load_image_set
+from .dataset import ImageSet, Sizing, fingerprint, load_image_set, scan_folder
 from .state import find_resume
 
 INDEX_SUFFIX = ".likeness.json"
@@ -33,6 +33,7 @@ class Plan:
     state_dir: Path
     resume: Path | None
     dataset_hash: str
+    validation: ImageSet | None = None  # held-out photos for the validation loss (never trained on)
 
 
 def output_path(config) -> Path:
@@ -69,23 +70,62 @@ def default_state_dir(config, output: Path) -> Path:
 def dataset_hash(config) -> str:
     """The identity of the run's images: the instance folder's fingerprint (and the class folder's)."""
     parts = [fingerprint(config.instance_data, "instance (subject)")]
-    if config.prior_preservation:
+    if uses_class_images(config):
         parts.append(fingerprint(config.class_data, "class"))
     return "-".join(p[:32] for p in parts)
+
+
+def uses_class_images(config) -> bool:
+    """Prior preservation from a folder of class images (not from the base model's own predictions)."""
+    return bool(config.prior_preservation) and getattr(config, "prior", "class_images") == "class_images"
 
 
 def plan(config, *, known_dataset_hash: str | None = None) -> Plan:
     """Validate the config and read the data; raise ConfigError/DatasetError before any heavy work."""
     validate(config, source=f"{getattr(config, 'kind', 'training')} options")
     output = output_path(config)
-    instance = load_image_set(config.instance_data, config.instance_prompt, config.resolution, "instance")
+    sizing = Sizing.of(config)
+    held = held_out(config)
+    instance = load_image_set(
+        config.instance_data, config.instance_prompt, config.resolution, "instance",
+        sizing=sizing, masks=config.masked_loss, exclude=frozenset(held),
+    )  # fmt: skip
     classes = None
-    if config.prior_preservation:
-        classes = load_image_set(config.class_data, config.class_prompt, config.resolution, "class")
+    if uses_class_images(config):
+        classes = load_image_set(config.class_data, config.class_prompt, config.resolution, "class", sizing=sizing)
+    validation = validation_set(config, sizing, held)
     state_dir = default_state_dir(config, output)
     resume = find_resume(config.resume_from, state_dir)
     ident = known_dataset_hash or dataset_hash(config)
-    return Plan(config, instance, classes, output, state_dir, resume, ident)
+    return Plan(config, instance, classes, output, state_dir, resume, ident, validation)
+
+
+def validation_set(config, sizing: Sizing, held: list[Path]) -> ImageSet | None:
+    """The held-out photos (or the validation folder's) at their training sizes, or None without validation."""
+    if held:
+        others = frozenset(p for p, _ in scan_folder(config.instance_data, "instance (subject)")) - frozenset(held)
+        folder = config.instance_data
+    elif config.validation_folder:
+        others, folder = frozenset(), config.validation_folder
+    else:
+        return None
+    return load_image_set(
+        folder, config.instance_prompt, config.resolution, "validation", sizing=sizing, exclude=others
+    )
+
+
+def held_out(config) -> list[Path]:
+    """The photos ``validation_images`` holds out of the instance folder: spread evenly over its sorted images."""
+    n = int(getattr(config, "validation_images", 0) or 0)
+    if not n:
+        return []
+    photos = list(dict.fromkeys(p for p, _ in scan_folder(config.instance_data, "instance (subject)")))
+    if n >= len(photos):
+        raise DatasetError(
+            f"option 'validation_images' is {n} but the instance folder has {len(photos)} photos: hold out fewer "
+            "(at least one must remain for training), or give a validation_folder"
+        )
+    return [photos[int((i + 0.5) * len(photos) / n)] for i in range(n)]
 
 
 def weights_hash(config) -> str:

@@ -35,6 +35,7 @@ const COLORS = {
   smooth: "#ffb347",
   sample: "#7bd88f",
   stop: "#d9534f",
+  validation: "#c678dd",
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -113,6 +114,9 @@ function applyEvent(event, data) {
     if (elapsed !== null && (run.elapsed === null || elapsed > run.elapsed)) run.elapsed = elapsed;
     run.loss_instance = numberOr(data.loss_instance, run.loss_instance ?? null);
     run.loss_prior = numberOr(data.loss_prior, run.loss_prior ?? null);
+    // validation loss (phase "validation"): its own curve, one point per evaluation
+    const val = numberOr(data.loss_validation, null);
+    if (val !== null) (run.validation ??= new Map()).set(run.step, { step: run.step, loss: val });
     const loss = numberOr(data.loss, null);
     if (loss !== null) {
       run.loss = loss;
@@ -234,6 +238,8 @@ function drawChart(ctx, x, y, w, h, run, logScale) {
     losses.push(p.loss);
     if (typeof p.smoothed === "number") losses.push(p.smoothed);
   }
+  const valPts = [...(run?.validation?.values() ?? [])].sort((a, b) => a.step - b.step);
+  for (const p of valPts) losses.push(p.loss);
   const positive = losses.filter((v) => v > 0);
   const useLog = logScale && positive.length > 0;
   let lo = useLog ? Math.min(...positive) : Math.min(...losses);
@@ -254,7 +260,7 @@ function drawChart(ctx, x, y, w, h, run, logScale) {
     tlo -= pad;
     thi += pad;
   }
-  const lastStep = pts.length ? pts[pts.length - 1].step : 0;
+  const lastStep = Math.max(pts.length ? pts[pts.length - 1].step : 0, valPts.length ? valPts[valPts.length - 1].step : 0);
   const xmax = Math.max(run?.total || 0, lastStep, 1);
   const sx = (s) => px + (s / xmax) * pw;
   const sy = (v) => py + ph - ((tf(v) - tlo) / (thi - tlo)) * ph;
@@ -294,13 +300,13 @@ function drawChart(ctx, x, y, w, h, run, logScale) {
   ctx.beginPath();
   ctx.rect(px, py, pw, ph);
   ctx.clip();
-  const line = (key, color, width) => {
+  const line = (key, color, width, points = pts) => {
     ctx.strokeStyle = color;
     ctx.lineWidth = width;
     ctx.lineJoin = "round";
     ctx.beginPath();
     let started = false;
-    for (const p of pts) {
+    for (const p of points) {
       const v = p[key];
       if (typeof v !== "number" || !Number.isFinite(v)) continue;
       const X = sx(p.step);
@@ -319,6 +325,16 @@ function drawChart(ctx, x, y, w, h, run, logScale) {
   ctx.fillText("raw", px + pw - 56, py + 6);
   line("loss", COLORS.raw, 1);
   line("smoothed", COLORS.smooth, 2);
+  if (valPts.length) {
+    ctx.fillStyle = COLORS.validation;
+    ctx.fillText("validation", px + pw - 80, py + 6);
+    line("loss", COLORS.validation, 2, valPts);
+    for (const p of valPts) {
+      ctx.beginPath();
+      ctx.arc(sx(p.step), sy(p.loss), 2.5, 0, Math.PI * 2);
+      ctx.fill();
+    }
+  }
   if (pts.length && pts.length < 60) {
     ctx.fillStyle = COLORS.raw;
     for (const p of pts) {
@@ -328,7 +344,7 @@ function drawChart(ctx, x, y, w, h, run, logScale) {
     }
   }
   ctx.restore();
-  return { points: pts.length, logScale: useLog };
+  return { points: pts.length, logScale: useLog, validation: valPts.length };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -731,6 +747,7 @@ class Monitor {
       elapsed: run?.elapsed ?? null,
       logScale: this.logScale,
       points: pts.map((p) => Object.freeze({ ...p })),
+      validation: [...(run?.validation?.values() ?? [])].map((p) => Object.freeze({ ...p })),
       samples: (run?.samples ?? []).length,
       thumbnails: (latest?.images ?? []).slice(0, MAX_THUMBS).map((im) => im.url),
       drawn: Object.freeze({ ...this.lastDraw }),
