@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from ..configspec import from_args
     from .generate import generate_class_images
 
+    from ..distributed import check_launch, is_main
+
+    check_launch()
     config = from_args(ClassImagesConfig, args)
     if not config.base_model:
         raise ConfigError("option 'base_model' is not set; pass --base-model MODEL.safetensors (or a diffusers folder)")
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # images saved so far stay; the next run continues
         print("stopped; run again to complete the set", flush=True)
         return 130
-    print(result.summary())
-    print(result.folder)
+    if is_main():
+        print(result.summary())
+        print(result.folder)
     return 0

@@ -68,6 +68,10 @@ def run_session(session, handle, tokenizer, callbacks, stop=None):
 
 
 def run_for(command: str, args: argparse.Namespace) -> int:
+    from ..distributed import check_launch, is_main
+    from .events import Callbacks
+
+    check_launch()
     cfg = configspec.from_args(config_class(command), args)
     session, handle = make_session(cfg, force=args.force)
     stop_requested = {"flag": False}
@@ -81,10 +85,13 @@ def run_for(command: str, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty())
-        result = run_session(session, handle, cfg.tokenizer, bar, stop=lambda: stop_requested["flag"])
+        shown = bar if is_main() else Callbacks()  # several processes: the main one reports
+        result = run_session(session, handle, cfg.tokenizer, shown, stop=lambda: stop_requested["flag"])
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
+    if not is_main():
+        return 0 if result.state in ("reused", "finished") else 130
     if result.state == "reused":
         print(f"reused {result.path}: it was trained with this model, these images and options (--force trains again)")
         return 0

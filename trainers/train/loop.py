@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..devices import placement
+from ..devices import placement, to_device
 from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .dataset import Order, mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
@@ -134,6 +134,7 @@ class Trainer:
         self.hooks = hooks_for(self.cfg)
         self.extra_metadata: dict[str, str] = {}  # what hooks add to the result's metadata
         self.stopped_early: str | None = None  # why a hook ended training before ``steps``
+        self.stop_agreed = False  # several processes: some process asked to stop (see ``stop_requested``)
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class Trainer:
         self.accel = make_accelerator(where.precision, where.device_type)
         self.device = self.accel.device
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
+        if not self.accel.is_main_process:
+            self.cb = Callbacks()  # progress, samples and status come from the main process only
         self.ctx = RunContext(self.device, where, resolve_optimizer(cfg, where.device_type), self.plan, time.time())
         _set_attention(c.unet, cfg.attention)
         self.groups = self.strategy.prepare(c, cfg, self.ctx)
@@ -167,6 +170,7 @@ class Trainer:
         self.unet_fwd = self.accel.prepare(c.unet) if self.world > 1 and "unet" in self.modules else c.unet
         self.te_training = "text_encoder" in self.modules
         self.te_fwd = self.accel.prepare(c.text_encoder) if self.world > 1 and self.te_training else c.text_encoder
+        self.token_ids: dict[str, Any] = {}  # caption -> token ids on the training device
         self.orders = {"instance": Order(len(self.plan.instance), cfg.seed, 1, cfg.random_flip)}
         if self.plan.classes is not None:
             self.orders["class"] = Order(len(self.plan.classes), cfg.seed, 2, cfg.random_flip)
@@ -187,7 +191,7 @@ class Trainer:
             self.cache()
             for hook in self.hooks:
                 hook.start(self)
-            if not self.stop():
+            if not self.stop_requested(agree=True):
                 self.train_steps()
             if self.step < self.cfg.steps and not self.stopped_early:
                 return self.finish_stopped()
@@ -209,7 +213,7 @@ class Trainer:
         for value in self.losses:
             smoothed.add(value)
         while self.step < cfg.steps:
-            if self.stop():
+            if self.stop_requested():
                 self.cb.on_status(f"stop requested at step {self.step}")
                 return
             self.update_text_encoder_phase()
@@ -240,13 +244,10 @@ class Trainer:
         accum = cfg.gradient_accumulation
         sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device, read once per step
         for micro in range(accum):
-            gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, self.step, micro, self.rank))
-            latents, captions = self.batch(micro, gen)
-            sync = micro == accum - 1
-            ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accel.no_sync(self.unet_fwd)
-            with ctx, self.accel.autocast():
+            latents, captions, gens = self.batch(micro)
+            with self.no_sync(micro == accum - 1), self.accel.autocast():
                 hidden = self.encode_text(captions)
-                noise, timesteps = draw_noise(latents, self.num_timesteps, gen, cfg.noise_offset)
+                noise, timesteps = draw_noise(latents, self.num_timesteps, gens, cfg.noise_offset)
                 noisy, target = noisy_latents_and_target(self.c.noise_scheduler, latents, noise, timesteps)
                 pred = self.unet_fwd(noisy, timesteps, hidden, return_dict=False)[0]
                 weights = None
@@ -273,7 +274,7 @@ class Trainer:
         import torch
 
         values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
-        numbers = values.tolist()
+        numbers = self.gather_numbers(values)
         bad_norm = norm is not None and self.accel.scaler is None and not math.isfinite(numbers[3])
         if not all(math.isfinite(x) for x in numbers[:3]) or bad_norm:
             what = "the gradient norm" if all(math.isfinite(x) for x in numbers[:3]) else "the loss"
@@ -285,20 +286,55 @@ class Trainer:
             )
         return numbers[0], numbers[1], numbers[2]
 
-    def batch(self, micro: int, gen) -> tuple[Any, list[str]]:
-        """Subject samples then class samples (the same count) for this step, micro-batch and process."""
+    def batch(self, micro: int) -> tuple[Any, list[str], list[Any]]:
+        """Subject samples then class samples (the same count) for this step, micro-batch and process, with one
+        random generator per sample: global sample ``k`` gets the same image, flip and noise whatever the number of
+        processes, micro-batches and batch size, so N processes train like one with N times the batch."""
         import torch
 
         cfg = self.cfg
         first = ((self.step * cfg.gradient_accumulation + micro) * self.world + self.rank) * cfg.batch_size
-        latents, captions = [], []
-        for kind, image_set in self.image_sets():
+        latents, captions, gens = [], [], []
+        for salt, (kind, image_set) in enumerate(self.image_sets()):
             for k in range(first, first + cfg.batch_size):
+                gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, salt, k))
                 index, flip = self.orders[kind](k)
                 example = image_set.examples[index]
                 latents.append(self.latents_of(kind, example, flip, gen))
                 captions.append(example.caption)
-        return torch.cat(latents).to(self.device), captions
+                gens.append(gen)
+        return torch.cat(latents).to(self.device), captions, gens
+
+    def no_sync(self, last_micro: bool):
+        """No gradient all-reduce before the last micro-batch of a step (several processes only)."""
+        stack = contextlib.ExitStack()
+        if self.world > 1 and not last_micro:
+            for module in {id(m): m for m in (self.unet_fwd, self.te_fwd) if m is not None}.values():
+                if hasattr(module, "no_sync"):
+                    stack.enter_context(module.no_sync())
+        return stack
+
+    def stop_requested(self, agree: bool = False) -> bool:
+        """The stop flag. Several processes stop at the same step: each step's one reduction carries every
+        process's flag (:meth:`gather_numbers`), and ``agree`` asks all of them now (outside the hot loop)."""
+        if self.world == 1:
+            return bool(self.stop())
+        if agree:
+            self.stop_agreed = self.stop_agreed or self.gather_numbers(None)[-1] > 0
+        return self.stop_agreed
+
+    def gather_numbers(self, values) -> list[float]:
+        """``values`` (a device tensor) as numbers: the step's one device sync. With several processes the values
+        are averaged over them (losses of the global batch) and this process's stop flag is summed in last."""
+        import torch
+
+        if self.world == 1:
+            return values.tolist()
+        flag = torch.tensor([float(bool(self.stop()))], device=self.device)
+        both = flag if values is None else torch.cat([values.float() / self.world, flag])
+        numbers = self.accel.reduce(both, reduction="sum").tolist()
+        self.stop_agreed = self.stop_agreed or numbers[-1] > 0
+        return numbers
 
     def image_sets(self) -> list[tuple[str, Any]]:
         sets = [("instance", self.plan.instance)]
@@ -319,7 +355,7 @@ class Trainer:
         mean, logvar = params.float().chunk(2, dim=1)
         noise = torch.randn(mean.shape, generator=gen, dtype=torch.float32)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        return (mean + std * noise.to(mean.device)) * self.scaling
+        return (mean + std * to_device(noise, mean.device)) * self.scaling
 
     def encode_image(self, example, flip: bool):
         import torch
@@ -345,9 +381,14 @@ class Trainer:
         return torch.cat(out)
 
     def tokenize(self, captions: list[str]):
+        """Token ids of the captions on the device (each caption tokenized and copied once per run)."""
+        import torch
+
         tok = self.c.tokenizer
-        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return ids.input_ids.to(self.device)
+        for caption in set(captions) - set(self.token_ids):
+            ids = tok([caption], padding="max_length", max_length=tok.model_max_length, truncation=True)
+            self.token_ids[caption] = to_device(torch.tensor(ids.input_ids), self.device)
+        return torch.cat([self.token_ids[c] for c in captions])
 
     def cache(self) -> None:
         """Encode every image (both orientations when flipping) and, while the text encoder is frozen, every caption
@@ -361,7 +402,7 @@ class Trainer:
             ]
             self.cb.on_status(f"caching {len(jobs)} VAE latents")
             for i, (kind, example, flip) in enumerate(jobs):
-                if self.stop():
+                if self.world == 1 and self.stop():
                     return
                 self.latent_cache[(kind, id(example), flip)] = self.encode_image(example, flip)
                 if i % 8 == 0 or i == len(jobs) - 1:
@@ -539,6 +580,7 @@ class Trainer:
         self.lr_scheduler = None
         self.latent_cache.clear()
         self.text_cache.clear()
+        self.token_ids = {}
         self.unet_fwd = self.te_fwd = None
         c = self.c
         with contextlib.suppress(Exception):

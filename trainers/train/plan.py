@@ -8,6 +8,7 @@ trained weights).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,13 @@ def plan(config, *, known_dataset_hash: str | None = None) -> Plan:
 
 
 def weights_hash(config) -> str:
-    """Hash of the options that shape the trained weights (not paths, samples, checkpoint cadence or steps)."""
-    return config_hash(config, exclude=WEIGHTLESS_OPTIONS + ("steps",))
+    """Hash of the options that shape the trained weights (not paths, samples, checkpoint cadence or steps), and of
+    the number of processes when there are several (N processes train with N times ``batch_size``)."""
+    from ..distributed import world_size
+
+    h = config_hash(config, exclude=WEIGHTLESS_OPTIONS + ("steps",))
+    world = world_size()
+    return h if world == 1 else hashlib.sha256(f"{h}:processes={world}".encode()).hexdigest()
 
 
 def metadata_config(config) -> dict[str, Any]:
