@@ -23,9 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..configspec import from_args
-    from .generate import generate_class_images
-
     from ..distributed import check_launch, is_main
+    from .generate import generate_class_images
 
     check_launch()
     config = from_args(ClassImagesConfig, args)

@@ -47,6 +47,7 @@ def write_ldm_file(
 ) -> Path:
     """Atomically write an LDM state dict (adds the text encoder's ``position_ids`` the original files carry)."""
     import torch
+
     sd = dict(state_dict)
     pos_key = TEXT_PREFIX + TEXT_MODEL + "embeddings.position_embedding.weight"
     if pos_key in sd and POSITION_IDS_KEY not in sd:
