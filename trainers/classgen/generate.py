@@ -199,6 +199,7 @@ def _gather(config: ClassImagesConfig, plan: ClassSetPlan, mine: int, stopped: b
     images made by all processes and whether any of them was stopped."""
     if distributed.world_size() == 1:
         return mine, stopped
+    log.info("class images: process %d of %d made %d", distributed.rank(), distributed.world_size(), mine)
     total, stops = distributed.sum_ints([mine, int(stopped)], config.device)
     if distributed.is_main():
         _write_manifest(plan, {"generated": total - mine})

@@ -152,6 +152,8 @@ class Trainer:
             self.cb = Callbacks()  # progress, samples and status come from the main process only
         self.ctx = RunContext(self.device, where, resolve_optimizer(cfg, where.device_type), self.plan, time.time())
         _set_attention(c.unet, cfg.attention)
+        # anything outside our generators (adapter initialisation, dropout) is seeded too: the same on every process
+        torch.manual_seed(mix_seed(cfg.seed, 0))
         self.groups = self.strategy.prepare(c, cfg, self.ctx)
         self.modules = self.strategy.trainable_modules(c)
         for module in (c.unet, c.vae, c.text_encoder):
@@ -176,7 +178,6 @@ class Trainer:
             self.orders["class"] = Order(len(self.plan.classes), cfg.seed, 2, cfg.random_flip)
         self.scaling = getattr(c.vae.config, "scaling_factor", 0.18215)
         self.num_timesteps = c.noise_scheduler.config.num_train_timesteps
-        torch.manual_seed(mix_seed(cfg.seed, 0))  # anything outside our generators (dropout) is seeded too
 
     # -- the run -------------------------------------------------------------------------------------------------
 
