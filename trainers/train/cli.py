@@ -70,9 +70,12 @@ def run_session(session, handle, tokenizer, callbacks, stop=None):
 def run_for(command: str, args: argparse.Namespace) -> int:
     from ..distributed import check_launch, is_main
     from .events import Callbacks
+    from .memory import plan_memory
 
     check_launch()
-    cfg = configspec.from_args(config_class(command), args)
+    cfg, memory = plan_memory(configspec.from_args(config_class(command), args))  # fits the GPU; says what changed
+    if memory and is_main():
+        print(memory, file=sys.stderr)
     session, handle = make_session(cfg, force=args.force)
     stop_requested = {"flag": False}
 

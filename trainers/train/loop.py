@@ -36,6 +36,8 @@ from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .dataset import Order, mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
 from .hooks import hooks_for
+from .memory import compute_precision, oom_advice, shapes_of
+from .memtrace import cast_quietly
 from .objective import diffusion_loss, draw_noise, min_snr_weights, noisy_latents_and_target
 from .plan import Plan, free_output_path, metadata_config, plan, weights_hash
 from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
@@ -144,7 +146,7 @@ class Trainer:
         from .optim import make_lr_scheduler, make_optimizer, resolve_optimizer
 
         cfg, c = self.cfg, self.c
-        where = placement(cfg.device, cfg.mixed_precision)
+        where = placement(cfg.device, compute_precision(cfg))
         self.accel = make_accelerator(where.precision, where.device_type)
         self.device = self.accel.device
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
@@ -152,6 +154,7 @@ class Trainer:
             self.cb = Callbacks()  # progress, samples and status come from the main process only
         self.ctx = RunContext(self.device, where, resolve_optimizer(cfg, where.device_type), self.plan, time.time())
         _set_attention(c.unet, cfg.attention)
+        self.shapes = shapes_of(c.unet, c.vae, c.text_encoder)  # for the planner's advice (before adapters)
         # anything outside our generators (adapter initialisation, dropout) is seeded too: the same on every process
         torch.manual_seed(mix_seed(cfg.seed, 0))
         self.groups = self.strategy.prepare(c, cfg, self.ctx)
@@ -161,6 +164,8 @@ class Trainer:
             module.eval()
         for module in self.modules.values():
             module.train()
+            if cfg.master_weights == "bf16":
+                cast_quietly(module, torch.bfloat16)  # trained in bf16 with stochastic rounding (``lowmem``)
         if cfg.gradient_checkpointing:
             if "unet" in self.modules:
                 c.unet.enable_gradient_checkpointing()
@@ -199,10 +204,11 @@ class Trainer:
             return self.finish()
         except oom as e:
             self.release()
+            advice = oom_advice(self.cfg, getattr(self.device, "type", "cuda"), getattr(self, "shapes", None))
             raise OutOfMemory(
                 f"the GPU ran out of memory at step {self.step} (batch_size={self.cfg.batch_size}, "
-                f"resolution={self.cfg.resolution}); memory was freed. Lower batch_size or resolution, turn on "
-                "gradient_checkpointing, use optimizer=adamw8bit, set train_text_encoder=false "
+                f"resolution={self.cfg.resolution}); memory was freed. {advice} Otherwise lower batch_size or "
+                "resolution, turn on gradient_checkpointing, use optimizer=adamw8bit, set train_text_encoder=false "
                 "or cache_latents=true"
             ) from e
 
