@@ -8,8 +8,9 @@ Both trainers are measured the same way, from the outside, without changing thei
   with gradient checkpointing the recomputation runs inside the blocks, not through the top-level forward);
 - start-up = from the moment the parent started this process (``LIKENESS_BENCH_T0``, wall clock) to the first
   training forward: interpreter, imports, model loading, data, caches, optimizer set-up;
-- time per step = the median interval between successive training forwards after the first one (steps 2..N; the
-  run is stopped at the start of forward ``STEPS + 1``, so the last interval holds the last optimizer step);
+- time per step = the median interval between successive training forwards, the first step left out when there are
+  more (the run is stopped at the start of forward ``STEPS + 1``, so the last interval holds the last optimizer
+  step);
 - memory: resident set size when the first training forward starts (model loaded, ready to train) and the peak
   resident set size (``VmHWM``) when forward ``STEPS + 1`` starts, i.e. the peak of N whole steps; on CUDA also
   ``torch.cuda.max_memory_allocated`` at the same two points;
@@ -67,10 +68,11 @@ class Probe:
             self.finish(torch)
 
     def finish(self, torch) -> None:
-        intervals = [b - a for a, b in zip(self.stamps[1:], self.stamps[2:], strict=False)]
+        intervals = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        steady = intervals[1:] or intervals  # the first step warms up (allocations, kernels); kept for 1-step runs
         result = {
             "startup_s": self.stamps[0] - self.t0,
-            "step_s": statistics.median(intervals) if intervals else None,
+            "step_s": statistics.median(steady),
             "step_s_all": intervals,
             "rss_loaded_mb": self.first["rss_mb"],
             "rss_peak_mb": rss_kb("VmHWM") / 1024,

@@ -41,7 +41,7 @@ class Pairing:
     ours: list[str]
     theirs: list[str]
     method: str = "dreambooth"  # or "lora"
-    ours_only: bool = False  # an option diffusers' script does not have (compared with its plain run)
+    baseline: str = ""  # an option diffusers' script lacks: compared with the diffusers runs of this pairing
 
 
 PAIRINGS = {
@@ -57,24 +57,38 @@ PAIRINGS = {
     ),
     "unet_fused": Pairing(
         "UNet, optimizer step in backward (ours only)", ["--no-train-text-encoder", "--fused-backward",
-        "--max-grad-norm", "0"], [], ours_only=True,
+        "--max-grad-norm", "0"], [], baseline="unet",
     ),
     "unet_te_fused": Pairing(
         "UNet + TE, optimizer step in backward (ours only)", ["--train-text-encoder", "--fused-backward",
-        "--max-grad-norm", "0"], ["--train_text_encoder"], ours_only=True,
+        "--max-grad-norm", "0"], ["--train_text_encoder"], baseline="unet_te",
     ),
     "unet_bf16": Pairing(
         "UNet, bf16 weights + stochastic rounding (ours only)", ["--no-train-text-encoder", "--master-weights",
-        "bf16"], [], ours_only=True,
+        "bf16"], [], baseline="unet",
     ),
     "unet_te_bf16": Pairing(
         "UNet + TE, bf16 weights + stochastic rounding (ours only)", ["--train-text-encoder", "--master-weights",
-        "bf16"], ["--train_text_encoder"], ours_only=True,
+        "bf16"], ["--train_text_encoder"], baseline="unet_te",
     ),
     "unet_8bit": Pairing(
         "UNet, 8-bit AdamW", ["--no-train-text-encoder", "--optimizer", "adamw8bit"], ["--use_8bit_adam"],
     ),
     "lora": Pairing("LoRA r4, attention", ["--no-train-text-encoder"], [], method="lora"),
+    "lora_ckpt": Pairing(
+        "LoRA r4, attention, gradient checkpointing", ["--no-train-text-encoder", "--gradient-checkpointing"],
+        ["--gradient_checkpointing"], method="lora",
+    ),
+    "unet_lowmem": Pairing(
+        "UNet, checkpointing, bf16 weights + step in backward (ours only)", ["--no-train-text-encoder",
+        "--gradient-checkpointing", "--master-weights", "bf16", "--fused-backward", "--max-grad-norm", "0"], [],
+        baseline="unet_ckpt",
+    ),
+    "unet_te_lowmem": Pairing(
+        "UNet + TE, checkpointing, bf16 weights + step in backward (ours only)", ["--train-text-encoder",
+        "--gradient-checkpointing", "--master-weights", "bf16", "--fused-backward", "--max-grad-norm", "0"], [],
+        baseline="unet_te_ckpt",
+    ),
 }  # fmt: skip
 
 
@@ -109,10 +123,12 @@ def write_images(folder: Path, n: int, size: int) -> Path:
 
 
 def our_args(s: Setup, p: Pairing, out: Path) -> list[str]:
+    bf16_weights = "--master-weights" in p.ours and p.ours[p.ours.index("--master-weights") + 1] == "bf16"
+    precision = "bf16" if bf16_weights else s.precision  # bf16 weights compute in bf16
     return [
         p.method, f"--base-model={s.model}", f"--instance-data={s.images}", "--instance-prompt=a photo of sks shape",
         "--no-prior-preservation", f"--resolution={s.resolution}", f"--steps={s.steps + 1}",
-        f"--batch-size={s.batch}", f"--mixed-precision={s.precision}", f"--device={s.device}", "--optimizer=adamw",
+        f"--batch-size={s.batch}", f"--mixed-precision={precision}", f"--device={s.device}", "--optimizer=adamw",
         "--no-gradient-checkpointing", "--no-sample-at-end", "--seed=0", f"--output={out}", "--no-progress",
         "--force", *(["--learning-rate=2e-6"] if p.method == "dreambooth" else ["--lora-rank=4", "--lora-alpha=4"]),
         *p.ours,
@@ -131,10 +147,20 @@ def their_args(s: Setup, p: Pairing, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def warm_hash_cache(s: Setup) -> None:
+    """Hash the model once before the runs, as any earlier run would have (our CLI keeps model hashes on disk), so
+    the first measured start-up is not the one-off hashing of a new file."""
+    code = "import sys; from trainers.model_io import make_model_handle; make_model_handle(sys.argv[1])"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LIKENESS_CACHE=str(s.root / "cache"), OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", code, str(s.model)], env=env, cwd=ROOT, check=True, capture_output=True)
+
+
 def run_probe(s: Setup, who: str, p: Pairing, index: int) -> dict:
     """One run in a fresh process; returns the probe's measurements plus the load average."""
-    out = s.root / f"run_{who}_{index}"
+    key = next(k for k, q in PAIRINGS.items() if q is p)
+    out = s.root / f"run_{key}_{who}_{index}"
     result_file = out.with_suffix(".json")
+    result_file.unlink(missing_ok=True)
     if who == "ours":
         target = ["--module", "trainers", "--", *our_args(s, p, out / "out.safetensors")]
     else:
@@ -149,12 +175,33 @@ def run_probe(s: Setup, who: str, p: Pairing, index: int) -> dict:
         [sys.executable, str(HERE / "probe.py"), str(result_file), str(s.steps), *target],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.txt").write_text(proc.stdout + proc.stderr)
     if not result_file.is_file():
         raise RuntimeError(f"{who} run of {p.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     data = json.loads(result_file.read_text())
     data.update(who=who, pairing=p.name, run=index, load=load)
     s.results.append(data)
     return data
+
+
+def predicted_growth_mb(s: Setup, p: Pairing, kind: str) -> float:
+    """The planner's predicted peak over the loaded model for our run of ``p`` (what the CPU measurement is)."""
+    from trainers import configspec
+    from trainers.cli import build_parser
+    from trainers.train.cli import config_class
+    from trainers.train.memory import estimate, sd15_shapes, shapes_of
+
+    args = our_args(s, p, s.root / "predict.safetensors")
+    cfg = configspec.from_args(config_class(p.method), build_parser(p.method).parse_args(args[1:]))
+    if kind == "sd15":
+        shapes = sd15_shapes()
+    else:
+        from trainers.tiny import tiny_components
+
+        c = tiny_components(0)
+        shapes = shapes_of(c.unet, c.vae, c.text_encoder)
+    return estimate(cfg, shapes, s.device).growth / 2**20
 
 
 def median(rows: list[dict], key: str) -> float | None:
@@ -167,14 +214,16 @@ def table(s: Setup, pairings: list[Pairing], warmup: int) -> str:
     mem = "cuda_peak_mb" if s.device == "cuda" else "rss_peak_mb"
     lines = [
         "| pairing | s/step ours | s/step diffusers | ratio | start-up s ours | diffusers | ratio "
-        f"| peak {'CUDA' if s.device == 'cuda' else 'RSS'} MB ours | diffusers | ratio | growth MB ours | diffusers |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| peak {'CUDA' if s.device == 'cuda' else 'RSS'} MB ours | diffusers | ratio | growth MB ours | diffusers "
+        "| planner's growth MB | measured / planner |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     loaded = "cuda_loaded_mb" if s.device == "cuda" else "rss_loaded_mb"
     for p in pairings:
-        rows = [r for r in s.results if r["pairing"] == p.name and r["run"] >= warmup]
-        ours = [r for r in rows if r["who"] == "ours"]
-        theirs = [r for r in rows if r["who"] == "theirs"]
+        rows = [r for r in s.results if r["run"] >= warmup]
+        ours = [r for r in rows if r["who"] == "ours" and r["pairing"] == p.name]
+        theirs_name = PAIRINGS[p.baseline].name if p.baseline else p.name
+        theirs = [r for r in rows if r["who"] == "theirs" and r["pairing"] == theirs_name]
         cells = []
         for key in ("step_s", "startup_s", mem):
             a, b = median(ours, key), median(theirs, key)
@@ -183,6 +232,12 @@ def table(s: Setup, pairings: list[Pairing], warmup: int) -> str:
         for group in (ours, theirs):
             growth = [r[mem] - r[loaded] for r in group if r.get(mem) is not None and r.get(loaded) is not None]
             cells.append(_fmt(statistics.median(growth)) if growth else "-")
+        predicted = [r["predicted_growth_mb"] for r in ours if r.get("predicted_growth_mb")]
+        measured = cells[-2]
+        if predicted and measured != "-":
+            cells += [_fmt(predicted[0]), f"{float(measured) / predicted[0]:.2f}"]
+        else:
+            cells += ["-", "-"]
         lines.append(f"| {p.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -191,6 +246,17 @@ def _fmt(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.0f}" if x >= 100 else f"{x:.3f}" if x < 1 else f"{x:.2f}"
+
+
+def wait_for_memory(gb: float, timeout: float = 1800) -> None:
+    """Wait until the machine has ``gb`` GB available (a shared machine: never push others out of memory)."""
+    from trainers.train.memory import available_bytes
+
+    deadline = time.monotonic() + timeout
+    while gb and available_bytes("cpu") < gb * 2**30:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"less than {gb} GB available for {timeout:.0f} s; not starting the next run")
+        time.sleep(10)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -207,6 +273,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=None, help="keep the model and runs here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run's measurements here")
     ap.add_argument("--ours-only", action="store_true", help="do not run diffusers' scripts")
+    ap.add_argument("--min-free-gb", type=float, default=0, help="wait for this much available RAM before each run")
     return ap.parse_args(argv)
 
 
@@ -221,12 +288,19 @@ def run(args: argparse.Namespace, root: Path) -> Setup:
         batch=args.batch, device=args.device, precision=args.precision, diffusers=Path(diffusers) if diffusers else None,
     )  # fmt: skip
     pairings = [PAIRINGS[name] for name in args.pairings.split(",")]
+    warm_hash_cache(s)
     print(f"# {args.model} {resolution}px batch {args.batch} {args.device} {args.precision}, {args.steps} steps/run, "
           f"{args.runs} runs each (first left out), load before: {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    predictions: dict[str, float] = {}
     for i in range(args.runs):
         for p in pairings:
-            for who in ("ours", "theirs") if s.diffusers else ("ours",):
+            for who in ("ours", "theirs") if s.diffusers and not p.baseline else ("ours",):
+                wait_for_memory(args.min_free_gb)
                 r = run_probe(s, who, p, i)
+                if who == "ours" and s.device == "cpu":
+                    if p.name not in predictions:
+                        predictions[p.name] = predicted_growth_mb(s, p, args.model)
+                    r["predicted_growth_mb"] = predictions[p.name]
                 print(f"  {p.name} [{who} #{i}] step {_fmt(r['step_s'])} s, start-up {_fmt(r['startup_s'])} s, "
                       f"peak RSS {r['rss_peak_mb']:.0f} MB (loaded {r['rss_loaded_mb']:.0f}), load {r['load']:.1f}",
                       flush=True)  # fmt: skip

@@ -229,3 +229,34 @@ def test_two_processes_class_images_each_index_once_and_resume(tmp_path, tiny_ch
         a = Image.open(first.folder / f"class_{k:05d}.png").tobytes()
         assert a == Image.open(ref.folder / f"class_{k:05d}.png").tobytes(), k
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}, "started only one process"),
+        ({"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "2", "RANK": "0"}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2", "RANK": "0"}, "DeepSpeed"),
+    ],
+)
+def test_launches_that_would_train_otherwise_than_asked_are_refused(monkeypatch, env, words):
+    """accelerate's CPU launcher without MPI starts one process for --num_processes 2 (half the global batch,
+    silently); FSDP/DeepSpeed would shard what the data-parallel loop expects whole."""
+    from trainers.distributed import check_launch, rank, world_size
+    from trainers.errors import ConfigError
+
+    for name in (
+        "WORLD_SIZE",
+        "RANK",
+        "MASTER_ADDR",
+        "ACCELERATE_USE_CPU",
+        "ACCELERATE_USE_FSDP",
+        "ACCELERATE_USE_DEEPSPEED",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    check_launch()  # a plain single process is fine
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=words):
+        check_launch()
+    assert (world_size(), rank()) == ((2, 0) if "WORLD_SIZE" in env else (1, 0))

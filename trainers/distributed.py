@@ -7,7 +7,8 @@ manifests) are written by the main process only; every process reads them, so se
 
 accelerate's CPU launcher starts several processes only through MPI (``--mpirun_hostfile``): without it,
 ``accelerate launch --cpu --num_processes 2`` starts *one* process with the rendezvous variables set. That run would
-silently train with half the global batch, so :func:`check_launch` refuses it and names the commands that work.
+silently train with half the global batch, so :func:`check_launch` refuses it and names the commands that work; it
+refuses FSDP and DeepSpeed launches too (the loop is data parallel: every process holds the whole model).
 
 The process group is made by accelerate (gloo on the CPU, NCCL on GPUs) the first time a collective is needed;
 torch is imported inside the functions.
@@ -50,6 +51,12 @@ def is_main() -> bool:
 
 def check_launch() -> None:
     """Refuse a launch that asked for several CPU processes but started one (see the module docstring)."""
+    for name, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(name, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"this accelerate config uses {what}; Likeness trains data-parallel (DDP: one whole SD1.5 per GPU, "
+                "which fits with the memory options). Choose 'multi-GPU' without FSDP/DeepSpeed in accelerate config"
+            )
     asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     rendezvous = bool(os.environ.get("MASTER_ADDR"))
     if asked_cpu and rendezvous and world_size() == 1:

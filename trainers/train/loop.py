@@ -159,9 +159,12 @@ class Trainer:
         torch.manual_seed(mix_seed(cfg.seed, 0))
         self.groups = self.strategy.prepare(c, cfg, self.ctx)
         self.modules = self.strategy.trainable_modules(c)
-        for module in (c.unet, c.vae, c.text_encoder):
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(c, name)
             module.to(self.device)
             module.eval()
+            if name != "unet" and name not in self.modules:  # frozen: the compute precision on a GPU, fp32 on the CPU
+                cast_quietly(module, where.frozen_dtype)
         for module in self.modules.values():
             module.train()
             if cfg.master_weights == "bf16":
@@ -367,9 +370,10 @@ class Trainer:
     def encode_image(self, example, flip: bool):
         import torch
 
-        pixels = to_tensor(example, flip).unsqueeze(0).to(self.device)
-        with torch.no_grad(), self.accel.autocast():
-            return self.c.vae.encode(pixels).latent_dist.parameters.float()
+        vae = self.c.vae
+        pixels = to_tensor(example, flip).unsqueeze(0).to(self.device, next(vae.parameters()).dtype)
+        with torch.no_grad():  # in the VAE's own precision (autocast to bf16 would crawl on a CPU)
+            return vae.encode(pixels).latent_dist.parameters.float()
 
     def encode_text(self, captions: list[str]):
         import torch

@@ -130,15 +130,21 @@ def _lora_units(unet, te) -> tuple[tuple[str, int], ...]:
 
 def _te_dict(te_config) -> dict[str, Any]:
     data = te_config.to_dict() if hasattr(te_config, "to_dict") else dict(te_config)
-    return {k: v for k, v in data.items() if k not in ("architectures", "model_type", "transformers_version")}
+    skip = ("architectures", "model_type", "transformers_version", "name_or_path", "dtype", "torch_dtype")
+    return {k: v for k, v in data.items() if k not in skip and not k.startswith("_")}
+
+
+def _config_json(config: dict[str, Any]) -> str:
+    """A model config as JSON, without its private entries (``_name_or_path``, versions): shapes only."""
+    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str)
 
 
 def shapes_of(unet, vae, te) -> ModelShapes:
     """Shapes of loaded (or meta) modules."""
     return ModelShapes(
-        unet_config=json.dumps(dict(unet.config), sort_keys=True, default=list),
-        te_config=json.dumps(_te_dict(te.config), sort_keys=True, default=list),
-        vae_config=json.dumps(dict(vae.config), sort_keys=True, default=list),
+        unet_config=_config_json(unet.config),
+        te_config=_config_json(_te_dict(te.config)),
+        vae_config=_config_json(vae.config),
         unet=_count(unet),
         vae=_count(vae),
         te=_count(te),
