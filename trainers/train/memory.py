@@ -194,8 +194,9 @@ class Estimate:
 
     @property
     def growth(self) -> int:
-        """The peak over the model as loaded (the figure measured on the CPU, where nothing leaves memory)."""
-        return self.total - self.loaded
+        """The peak over the weights as training starts: what training adds (optimizer, EMA, activations and
+        gradients, sampling); the figure measured on the CPU, where nothing leaves memory."""
+        return self.total - self.weights
 
     def summary(self) -> str:
         parts = [f"weights {gb(self.weights)}", f"optimizer {gb(self.optimizer)}"]
