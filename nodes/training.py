@@ -16,6 +16,7 @@ from ..trainers.errors import ConfigError, DatasetError, TrainingStopped
 from ..trainers.fsutil import safe_name
 from ..trainers.handles import DatasetHandle, ModelHandle, TrainedResult
 from ..trainers.train.config import DEFAULT_INSTANCE_PROMPT, DreamBoothConfig, TrainConfig
+from ..trainers.train.memory import plan_memory
 from . import bridge
 from .inputs import comfy_inputs, legacy_inputs, options_from_inputs
 from .method_inputs import method_folders, optional_inputs
@@ -130,7 +131,7 @@ class LikenessDreamBoothTrain:
 
         inputs.update(legacy_inputs(prompt, unique_id, inputs, LEGACY_INPUTS))
         force = bool(inputs.get("force_retrain"))
-        cfg = self.build_config(model, output_name, inputs)
+        cfg, memory = plan_memory(self.build_config(model, output_name, inputs))  # fits the GPU; says what changed
         session = Session(
             cfg,
             model_key=model.key,
@@ -141,7 +142,7 @@ class LikenessDreamBoothTrain:
         result, files = session.existing(), []
         if result is None:
             session.plan()  # every check (images readable, prompts, output...) before anything heavy
-            result, files = self.run_training(session, model, str(unique_id or ""))
+            result, files = self.run_training(session, model, str(unique_id or ""), memory)
         return self._outputs(model, result, files)
 
     # -- steps of train() ----------------------------------------------------------------------------------------
@@ -175,14 +176,17 @@ class LikenessDreamBoothTrain:
         )
         return configspec.from_dict(self.CONFIG_CLASS, {**values, **fixed}, source=self.TITLE)
 
-    def run_training(self, session, model, node_id: str):
+    def run_training(self, session, model, node_id: str, memory: str | None = None):
         from ..trainers.model_io import load_components
 
         cfg = session.plan().config
         callbacks = TrainingMonitor(node_id, cfg.steps, Path(cfg.output).stem)
+        name = Path(cfg.output).stem
         bridge.send_event(
-            "start", {"node_id": node_id, "kind": self.KIND, "total": cfg.steps, "name": Path(cfg.output).stem}
+            "start", {"node_id": node_id, "kind": self.KIND, "total": cfg.steps, "name": name, "memory": memory}
         )
+        if memory:
+            callbacks.on_status(memory)
         try:
             with bridge.gpu_session(f"{self.TITLE} training"):
                 components = load_components(model, tokenizer=bridge.sd1_tokenizer_path())

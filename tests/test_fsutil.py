@@ -46,3 +46,44 @@ def test_safe_name_rejects_paths(bad):
 def test_safe_name_keeps_plain_names():
     assert safe_name("my_subject-v2") == "my_subject-v2"
     assert safe_name("émilie face") == "_milie face"
+
+
+def test_big_file_hashes_persist_across_processes_and_follow_every_change(tmp_path, monkeypatch):
+    """A model-sized file is hashed once; another process (a fresh in-memory cache) reads the stored hash; writing,
+    replacing or touching the file hashes it again; a damaged cache file is ignored."""
+    import hashlib
+
+    from trainers import fsutil, hashcache
+
+    monkeypatch.setenv("LIKENESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashcache, "MIN_BYTES", 1000)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 5000)
+    reads = []
+    real_open = open
+
+    def counting_open(p, *a, **k):
+        if str(p) == str(f):
+            reads.append(p)
+        return real_open(p, *a, **k)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    first = fsutil.file_sha256(f)
+    assert first == hashlib.sha256(b"a" * 5000).hexdigest() and len(reads) == 1
+    monkeypatch.setattr(fsutil, "_HASH_CACHE", {})  # as if a new process started
+    assert fsutil.file_sha256(f) == first and len(reads) == 1  # from the cache on disk, no read
+    f.write_bytes(b"b" * 5000)  # same size, new content
+    monkeypatch.setattr(fsutil, "_HASH_CACHE", {})
+    assert fsutil.file_sha256(f) == hashlib.sha256(b"b" * 5000).hexdigest() and len(reads) == 2
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched
+    monkeypatch.setattr(fsutil, "_HASH_CACHE", {})
+    fsutil.file_sha256(f)
+    assert len(reads) == 3
+    (tmp_path / "cache" / "file_hashes.json").write_text("{not json")
+    monkeypatch.setattr(fsutil, "_HASH_CACHE", {})
+    assert fsutil.file_sha256(f) == hashlib.sha256(b"b" * 5000).hexdigest() and len(reads) == 4
+    small = tmp_path / "photo.png"
+    small.write_bytes(b"x" * 10)
+    fsutil.file_sha256(small)
+    assert str(small) not in (tmp_path / "cache" / "file_hashes.json").read_text()  # small files are not kept

@@ -77,3 +77,12 @@ class Placement:
 def placement(device: Any = "auto", precision: str = "auto") -> Placement:
     device_type = resolve_device(device)
     return Placement(device_type, resolve_precision(precision, device_type))
+
+
+def to_device(tensor, device):
+    """``tensor`` on ``device`` without making the host wait: a CPU tensor bound for a GPU goes through pinned memory
+    with a non-blocking copy (a plain ``.to("cuda")`` of pageable memory synchronises the stream)."""
+    target = getattr(device, "type", str(device))
+    if tensor.device.type == "cpu" and target.startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -15,23 +15,30 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_HASH_CACHE: dict[tuple[str, int, int, int], str] = {}
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, cached in memory by (path, size, mtime) so repeated calls are free."""
+    """SHA-256 of a file's bytes, cached in memory by (path, size, mtime, inode) so repeated calls are free, and for
+    model-sized files on disk too (:mod:`.hashcache`), so the next process does not read them again."""
+    from . import hashcache
+
     try:
         p = Path(path).resolve()
     except RuntimeError as e:  # Python < 3.13 raises this for a symlink loop; newer ones an OSError
         raise OSError(errno.ELOOP, f"symlink loop ({e})", str(path)) from None
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
+        known = hashcache.lookup(p, st)
+        if known is None:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while block := f.read(chunk):
+                    h.update(block)
+            known = h.hexdigest()
+            hashcache.remember(p, st, known)
+        _HASH_CACHE[key] = known
     return _HASH_CACHE[key]
 
 

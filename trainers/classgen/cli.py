@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..configspec import from_args
+    from ..distributed import check_launch, is_main
     from .generate import generate_class_images
 
+    check_launch()
     config = from_args(ClassImagesConfig, args)
     if not config.base_model:
         raise ConfigError("option 'base_model' is not set; pass --base-model MODEL.safetensors (or a diffusers folder)")
@@ -36,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    print(result.summary())
-    print(result.folder)
+    if is_main():
+        print(result.summary())
+        print(result.folder)
     return 0
 
 

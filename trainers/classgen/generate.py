@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..errors import ConfigError
 from .store import (
     ClassImagesConfig,
@@ -62,7 +63,8 @@ def _open_folder(folder: Path, count: int) -> None:
 
 
 def _plan(config: ClassImagesConfig, model: Any, components: Any, model_key: str | None, output_root) -> ClassSetPlan:
-    """Check the options, name the weights and ready the folder: what the run has to make."""
+    """Check the options, name the weights and ready the folder: what the run has to make. With several processes
+    the main one readies the folder and the others wait for it."""
     from ..configspec import validate
 
     validate(config)
@@ -71,7 +73,9 @@ def _plan(config: ClassImagesConfig, model: Any, components: Any, model_key: str
     if model_key is None:
         model_key = model_key_of(model, config.vae_path) if components is None else components_key(components)
     plan = plan_class_set(config, model_key, output_root)
-    _open_folder(plan.folder, config.count)
+    if distributed.is_main():
+        _open_folder(plan.folder, config.count)
+    distributed.barrier(config.device)
     return plan
 
 
@@ -85,19 +89,21 @@ def _pipeline(config: ClassImagesConfig, model: Any, components: Any, tokenizer:
     if components is None:
         where = placement(config.device if device is None else device, config.precision)
         components = load_generation_components(
-            config, model, tokenizer or config.tokenizer, where.device_type, where.frozen_dtype
-        )
+            config, model, tokenizer or config.tokenizer, distributed.local_device(where.device_type),
+            where.frozen_dtype,
+        )  # fmt: skip
     components.unet.set_attn_processor(AttnProcessor2_0())
     components.vae.set_attn_processor(AttnProcessor2_0())
     return sampling.make_pipeline(components, config.sampler)
 
 
-def _batches(missing: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Missing indices grouped by ``k // batch_size``: image k is always computed in the same batch slot."""
+def _batches(missing: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Missing indices grouped by ``k // batch_size``: image k is always computed in the same batch slot. With
+    ``world`` processes, process ``rank`` makes every ``world``-th group: each image is made once, by one process."""
     groups: dict[int, list[int]] = {}
     for k in missing:
         groups.setdefault(k // batch_size, []).append(k)
-    return [groups[b] for b in sorted(groups)]
+    return [groups[b] for i, b in enumerate(sorted(groups)) if i % world == rank]
 
 
 def _render_missing(
@@ -109,7 +115,8 @@ def _render_missing(
     embeds = sampling.encode_prompt(pipe, config.class_prompt, config.negative_prompt, config.cfg)
     info = {"device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", "")}
     done, generated = len(plan.present), 0
-    for indices in _batches(plan.missing, config.batch_size):
+    main = distributed.is_main()
+    for indices in _batches(plan.missing, config.batch_size, distributed.rank(), distributed.world_size()):
         if stop is not None and stop():
             return generated, True
         try:
@@ -130,7 +137,8 @@ def _render_missing(
         for image, path in zip(images, paths, strict=True):
             _save_png(image, path)
         generated += len(paths)
-        _write_manifest(plan, {"generated": len(paths), **info})
+        if main:  # the main process keeps the manifest; the others' images are counted in at the end
+            _write_manifest(plan, {"generated": len(paths), **info})
         for path in paths:  # after the whole batch is saved: a callback that raises loses nothing
             done += 1
             if on_image is not None:
@@ -177,12 +185,26 @@ def generate_class_images(
         len(plan.missing),
     )
     pipe = _pipeline(config, model, components, tokenizer, device)
-    generated, stopped = _render_missing(pipe, config, plan, on_image, stop)
+    mine, stopped = _render_missing(pipe, config, plan, on_image if distributed.is_main() else None, stop)
+    generated, stopped = _gather(config, plan, mine, stopped)
     if stopped:
         log.info("class images: stopped after %d new images; the next run continues the set", generated)
     result = _result(plan, generated, stopped, t0)
     log.info("class images: %s", result.summary())
     return result
+
+
+def _gather(config: ClassImagesConfig, plan: ClassSetPlan, mine: int, stopped: bool) -> tuple[int, bool]:
+    """Several processes: wait for all, count every process's images into the manifest (main process). Returns the
+    images made by all processes and whether any of them was stopped."""
+    if distributed.world_size() == 1:
+        return mine, stopped
+    log.info("class images: process %d of %d made %d", distributed.rank(), distributed.world_size(), mine)
+    total, stops = distributed.sum_ints([mine, int(stopped)], config.device)
+    if distributed.is_main():
+        _write_manifest(plan, {"generated": total - mine})
+    distributed.barrier(config.device)
+    return total, stops > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -69,13 +69,37 @@ def load_folder(folder: Path, dtype) -> tuple[Any, Any, Any, Any, dict[str, Any]
     return unet, vae, te, sched_cfg, info
 
 
-def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A diffusers SD1 folder as (one float32 LDM-layout state dict with full prefixes, info)."""
+def describe_folder(folder: Path) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """What :func:`load_folder` returns, built from the folder's configs on the meta device: every key and shape,
+    no weights read (inspecting a 4 GB folder costs milliseconds). Weight files that are not safetensors are loaded
+    as before."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    parts = {name: folder / name for name in ("unet", "vae", "text_encoder")}
+    if not all((d / "config.json").is_file() and list(d.glob("*.safetensors")) for d in parts.values()):
+        return load_folder(folder, torch.float32)
+    configs = {name: json.loads((d / "config.json").read_text()) for name, d in parts.items()}
+    _check_diffusers_sd1(folder, configs["unet"])
+    try:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(configs["unet"])
+            vae = AutoencoderKL.from_config(configs["vae"])
+            te = CLIPTextModel(CLIPTextConfig.from_pretrained(parts["text_encoder"], local_files_only=True))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder} is not a complete diffusers SD1.5 folder: {e}") from e
+    return unet, vae, te, None, {"format": "diffusers", "ema_used": False, "ema_present": False, "dtype": "fp32"}
+
+
+def read_folder(folder: Path, load: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A diffusers SD1 folder as (one float32 LDM-layout state dict with full prefixes, info); ``load=False``
+    gives meta tensors (keys and shapes only)."""
     import torch
 
     if not is_diffusers_folder(folder):
         raise not_a_diffusers_folder(folder)
-    unet, vae, te, _, info = load_folder(folder, torch.float32)
+    unet, vae, te, _, info = load_folder(folder, torch.float32) if load else describe_folder(folder)
     info.update({"variant": "sd1", "path": str(folder)})
     info["sources"] = folder_sources(folder)
     return modules_to_ldm(unet, vae, te), info

@@ -368,9 +368,9 @@ class _Read:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_folder(p: Path) -> _Read:
-    """A diffusers folder, converted to LDM keys (float32)."""
-    sd, info = read_folder(p)
+def _read_folder(p: Path, load: bool = True) -> _Read:
+    """A diffusers folder, converted to LDM keys (float32; meta tensors when not ``load``)."""
+    sd, info = read_folder(p, load)
     return _Read(p, _split(sd), folder_sources(p), "diffusers", info=info)
 
 
@@ -483,7 +483,7 @@ def read_checkpoint(
     if ema not in EMA_CHOICES:
         raise CheckpointError(f"ema={ema!r} is not one of {', '.join(EMA_CHOICES)}")
     p = Path(path)
-    read = _read_folder(p) if p.is_dir() else _read_file(p, ema)
+    read = _read_folder(p, load) if p.is_dir() else _read_file(p, ema)
     _check_architecture(read, check)
     _drop_ignored(read)
     if vae_path:

@@ -69,7 +69,14 @@ def run_session(session, handle, tokenizer, callbacks, stop=None):
 
 
 def run_for(command: str, args: argparse.Namespace) -> int:
-    cfg = configspec.from_args(config_class(command), args)
+    from ..distributed import check_launch, is_main
+    from .events import Callbacks
+    from .memory import plan_memory
+
+    check_launch()
+    cfg, memory = plan_memory(configspec.from_args(config_class(command), args))  # fits the GPU; says what changed
+    if memory and is_main():
+        print(memory, file=sys.stderr)
     session, handle = make_session(cfg, force=args.force)
     stop_requested = {"flag": False}
 
@@ -82,10 +89,13 @@ def run_for(command: str, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         bar = TextProgress(enabled=not args.no_progress and sys.stderr.isatty(), title=command)
-        result = run_session(session, handle, cfg.tokenizer, bar, stop=lambda: stop_requested["flag"])
+        shown = bar if is_main() else Callbacks()  # several processes: the main one reports
+        result = run_session(session, handle, cfg.tokenizer, shown, stop=lambda: stop_requested["flag"])
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
+    if not is_main():
+        return 0 if result.state in ("reused", "finished") else 130
     if result.state == "reused":
         print(f"reused {result.path}: it was trained with this model, these images and options (--force trains again)")
         return 0

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..devices import placement
+from ..devices import placement, to_device
 from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .batches import BatchPlan, has_masks, pixel_masks
 from .dataset import mix_seed, to_tensor
 from .events import Callbacks, ProgressInfo, TrainOutcome
 from .hooks import hooks_for, sampling_weights
+from .memory import compute_precision, oom_advice, shapes_of
+from .memtrace import cast_quietly
 from .objective import diffusion_loss, draw_noise, mask_weights, min_snr_weights, noisy_latents_and_target
 from .plan import Plan, free_output_path, metadata_config, plan, weights_hash
 from .state import check_compatible, clean_partials, prune_states, read_info, read_state, write_state
@@ -135,6 +137,7 @@ class Trainer:
         self.hooks = hooks_for(self.cfg)
         self.extra_metadata: dict[str, str] = {}  # what hooks add to the result's metadata
         self.stopped_early: str | None = None  # why a hook ended training before ``steps``
+        self.stop_agreed = False  # several processes: some process asked to stop (see ``stop_requested``)
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -144,19 +147,29 @@ class Trainer:
         from .optim import make_lr_scheduler, make_optimizer, resolve_optimizer
 
         cfg, c = self.cfg, self.c
-        where = placement(cfg.device, cfg.mixed_precision)
+        where = placement(cfg.device, compute_precision(cfg))
         self.accel = make_accelerator(where.precision, where.device_type)
         self.device = self.accel.device
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
+        if not self.accel.is_main_process:
+            self.cb = Callbacks()  # progress, samples and status come from the main process only
         self.ctx = RunContext(self.device, where, resolve_optimizer(cfg, where.device_type), self.plan, time.time())
         _set_attention(c.unet, cfg.attention)
+        self.shapes = shapes_of(c.unet, c.vae, c.text_encoder)  # for the planner's advice (before adapters)
+        # anything outside our generators (adapter initialisation, dropout) is seeded too: the same on every process
+        torch.manual_seed(mix_seed(cfg.seed, 0))
         self.groups = self.strategy.prepare(c, cfg, self.ctx)
         self.modules = self.strategy.trainable_modules(c)
-        for module in (c.unet, c.vae, c.text_encoder):
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(c, name)
             module.to(self.device)
             module.eval()
+            if name != "unet" and name not in self.modules:  # frozen: the compute precision on a GPU, fp32 on the CPU
+                cast_quietly(module, where.frozen_dtype)
         for module in self.modules.values():
             module.train()
+            if cfg.master_weights == "bf16":
+                cast_quietly(module, torch.bfloat16)  # trained in bf16 with stochastic rounding (``lowmem``)
         self.base_prior = None
         if cfg.prior_preservation and cfg.prior == "base_model":
             from .base_prior import BasePrior
@@ -177,9 +190,9 @@ class Trainer:
         self.masked = bool(cfg.masked_loss) and has_masks(self.plan.instance)
         if cfg.masked_loss and not self.masked:
             log.info("face-weighted loss: the dataset has no masks (*.mask.png), so the loss is not weighted")
+        self.token_ids: dict[str, Any] = {}  # caption -> token ids on the training device
         self.scaling = getattr(c.vae.config, "scaling_factor", 0.18215)
         self.num_timesteps = c.noise_scheduler.config.num_train_timesteps
-        torch.manual_seed(mix_seed(cfg.seed, 0))  # anything outside our generators (dropout) is seeded too
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -194,17 +207,18 @@ class Trainer:
             self.cache()
             for hook in self.hooks:
                 hook.start(self)
-            if not self.stop():
+            if not self.stop_requested(agree=True):
                 self.train_steps()
             if self.step < self.cfg.steps and not self.stopped_early:
                 return self.finish_stopped()
             return self.finish()
         except oom as e:
             self.release()
+            advice = oom_advice(self.cfg, getattr(self.device, "type", "cuda"), getattr(self, "shapes", None))
             raise OutOfMemory(
                 f"the GPU ran out of memory at step {self.step} (batch_size={self.cfg.batch_size}, "
-                f"resolution={self.cfg.resolution}); memory was freed. Lower batch_size or resolution, turn on "
-                "gradient_checkpointing, use optimizer=adamw8bit, set train_text_encoder=false "
+                f"resolution={self.cfg.resolution}); memory was freed. {advice} Otherwise lower batch_size or "
+                "resolution, turn on gradient_checkpointing, use optimizer=adamw8bit, set train_text_encoder=false "
                 "or cache_latents=true"
             ) from e
 
@@ -216,7 +230,7 @@ class Trainer:
         for value in self.losses:
             smoothed.add(value)
         while self.step < cfg.steps:
-            if self.stop():
+            if self.stop_requested():
                 self.cb.on_status(f"stop requested at step {self.step}")
                 return
             self.update_text_encoder_phase()
@@ -247,15 +261,12 @@ class Trainer:
         accum = cfg.gradient_accumulation
         sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device, read once per step
         for micro in range(accum):
-            gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, self.step, micro, self.rank))
-            latents, captions, masks = self.batch(micro, gen)
+            latents, captions, masks, gens = self.batch(micro)
             if self.base_prior is not None:
                 captions = captions + self.base_prior.captions(len(captions))
-            sync = micro == accum - 1
-            ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accel.no_sync(self.unet_fwd)
-            with ctx, self.accel.autocast():
+            with self.no_sync(micro == accum - 1), self.accel.autocast():
                 hidden = self.encode_text(captions)
-                noise, timesteps = draw_noise(latents, self.num_timesteps, gen, cfg.noise_offset)
+                noise, timesteps = draw_noise(latents, self.num_timesteps, gens, cfg.noise_offset)
                 noisy, target = noisy_latents_and_target(self.c.noise_scheduler, latents, noise, timesteps)
                 if self.base_prior is not None:
                     noisy, timesteps, target = self.base_prior.extend(noisy, timesteps, target)
@@ -285,7 +296,7 @@ class Trainer:
         import torch
 
         values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
-        numbers = values.tolist()
+        numbers = self.gather_numbers(values)
         bad_norm = norm is not None and self.accel.scaler is None and not math.isfinite(numbers[3])
         if not all(math.isfinite(x) for x in numbers[:3]) or bad_norm:
             what = "the gradient norm" if all(math.isfinite(x) for x in numbers[:3]) else "the loss"
@@ -297,17 +308,60 @@ class Trainer:
             )
         return numbers[0], numbers[1], numbers[2]
 
-    def batch(self, micro: int, gen) -> tuple[Any, list[str], Any]:
+    def batch(self, micro: int) -> tuple[Any, list[str], Any, list[Any]]:
         """Subject samples then class samples (the same count, the same bucket) for this step, micro-batch and
-        process, and the subject samples' soft masks (None without the face-weighted loss)."""
+        process, the subject samples' soft masks (None without the face-weighted loss), and one random generator per
+        sample: global sample ``k`` of a half gets the same image, flip and noise whatever the number of processes,
+        micro-batches and batch size, so N processes train like one with N times the batch."""
         import torch
 
         cfg = self.cfg
         number = (self.step * cfg.gradient_accumulation + micro) * self.world + self.rank
         picks = self.batches(number)
-        latents = [self.latents_of(kind, example, flip, gen) for kind, example, flip in picks]
+        first = number * cfg.batch_size
+        gens = [
+            torch.Generator().manual_seed(
+                mix_seed(cfg.seed, 3, 0 if kind == "instance" else 1, first + j % cfg.batch_size)
+            )
+            for j, (kind, _, _) in enumerate(picks)
+        ]
+        latents = [
+            self.latents_of(kind, example, flip, g) for (kind, example, flip), g in zip(picks, gens, strict=True)
+        ]
         captions = [example.caption for _, example, _ in picks]
-        return torch.cat(latents).to(self.device), captions, (pixel_masks(picks) if self.masked else None)
+        masks = pixel_masks(picks) if self.masked else None
+        return torch.cat(latents).to(self.device), captions, masks, gens
+
+    def no_sync(self, last_micro: bool):
+        """No gradient all-reduce before the last micro-batch of a step (several processes only)."""
+        stack = contextlib.ExitStack()
+        if self.world > 1 and not last_micro:
+            for module in {id(m): m for m in (self.unet_fwd, self.te_fwd) if m is not None}.values():
+                if hasattr(module, "no_sync"):
+                    stack.enter_context(module.no_sync())
+        return stack
+
+    def stop_requested(self, agree: bool = False) -> bool:
+        """The stop flag. Several processes stop at the same step: each step's one reduction carries every
+        process's flag (:meth:`gather_numbers`), and ``agree`` asks all of them now (outside the hot loop)."""
+        if self.world == 1:
+            return bool(self.stop())
+        if agree:
+            self.stop_agreed = self.stop_agreed or self.gather_numbers(None)[-1] > 0
+        return self.stop_agreed
+
+    def gather_numbers(self, values) -> list[float]:
+        """``values`` (a device tensor) as numbers: the step's one device sync. With several processes the values
+        are averaged over them (losses of the global batch) and this process's stop flag is summed in last."""
+        import torch
+
+        if self.world == 1:
+            return values.tolist()
+        flag = torch.tensor([float(bool(self.stop()))], device=self.device)
+        both = flag if values is None else torch.cat([values.float() / self.world, flag])
+        numbers = self.accel.reduce(both, reduction="sum").tolist()
+        self.stop_agreed = self.stop_agreed or numbers[-1] > 0
+        return numbers
 
     def pixel_weights(self, masks, pred):
         """Per-pixel loss weights for the whole batch from the subject masks (1 for every class sample), or None."""
@@ -334,14 +388,15 @@ class Trainer:
         mean, logvar = params.float().chunk(2, dim=1)
         noise = torch.randn(mean.shape, generator=gen, dtype=torch.float32)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        return (mean + std * noise.to(mean.device)) * self.scaling
+        return (mean + std * to_device(noise, mean.device)) * self.scaling
 
     def encode_image(self, example, flip: bool):
         import torch
 
-        pixels = to_tensor(example, flip).unsqueeze(0).to(self.device)
-        with torch.no_grad(), self.accel.autocast():
-            return self.c.vae.encode(pixels).latent_dist.parameters.float()
+        vae = self.c.vae
+        pixels = to_tensor(example, flip).unsqueeze(0).to(self.device, next(vae.parameters()).dtype)
+        with torch.no_grad():  # in the VAE's own precision (autocast to bf16 would crawl on a CPU)
+            return vae.encode(pixels).latent_dist.parameters.float()
 
     def encode_text(self, captions: list[str]):
         import torch
@@ -360,9 +415,14 @@ class Trainer:
         return torch.cat(out)
 
     def tokenize(self, captions: list[str]):
+        """Token ids of the captions on the device (each caption tokenized and copied once per run)."""
+        import torch
+
         tok = self.c.tokenizer
-        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return ids.input_ids.to(self.device)
+        for caption in set(captions) - set(self.token_ids):
+            ids = tok([caption], padding="max_length", max_length=tok.model_max_length, truncation=True)
+            self.token_ids[caption] = to_device(torch.tensor(ids.input_ids), self.device)
+        return torch.cat([self.token_ids[c] for c in captions])
 
     def cache(self) -> None:
         """Encode every image (both orientations when flipping) and, while the text encoder is frozen, every caption
@@ -375,7 +435,7 @@ class Trainer:
             ]
             self.cb.on_status(f"caching {len(jobs)} VAE latents")
             for i, (kind, example, flip) in enumerate(jobs):
-                if self.stop():
+                if self.world == 1 and self.stop():
                     return
                 self.latent_cache[(kind, id(example), flip)] = self.encode_image(example, flip)
                 if i % 8 == 0 or i == len(jobs) - 1:
@@ -558,6 +618,7 @@ class Trainer:
         self.lr_scheduler = None
         self.latent_cache.clear()
         self.text_cache.clear()
+        self.token_ids = {}
         self.unet_fwd = self.te_fwd = None
         c = self.c
         with contextlib.suppress(Exception):

@@ -33,17 +33,35 @@ class LossParts:
         return self.prior if self.prior is not None else self.instance.new_zeros(())
 
 
-def draw_noise(latents: torch.Tensor, num_timesteps: int, generator: torch.Generator, noise_offset: float = 0.0):
-    """Noise shaped like ``latents`` and one timestep per sample, drawn on the CPU generator (device independent)."""
+def draw_noise(latents: torch.Tensor, num_timesteps: int, generator, noise_offset: float = 0.0):
+    """Noise shaped like ``latents`` and one timestep per sample, drawn on the CPU (device independent).
+
+    ``generator`` is one ``torch.Generator`` for the whole batch, or one per sample: then sample ``i`` draws only from
+    ``generator[i]``, so a sample gets the same noise whichever process, micro-batch or batch slot it lands in (what
+    makes several processes train like one with the same global batch).
+    """
     import torch
 
-    b, c = latents.shape[:2]
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    from ..devices import to_device
+
+    gens = generator if isinstance(generator, (list, tuple)) else None
+    if gens is None:
+        noise, timesteps = _draw(latents.shape, num_timesteps, generator, noise_offset)
+    else:
+        parts = [_draw((1, *latents.shape[1:]), num_timesteps, g, noise_offset) for g in gens]
+        noise, timesteps = torch.cat([n for n, _ in parts]), torch.cat([t for _, t in parts])
+    return to_device(noise, latents.device).to(latents.dtype), to_device(timesteps, latents.device)
+
+
+def _draw(shape, num_timesteps: int, generator, noise_offset: float):
+    import torch
+
+    b, c = shape[:2]
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if noise_offset:
         # Offset noise (Guttenberg 2023): a per-channel constant shift lets the model change overall brightness.
         noise = noise + noise_offset * torch.randn((b, c, 1, 1), generator=generator, dtype=torch.float32)
-    timesteps = torch.randint(0, num_timesteps, (b,), generator=generator)
-    return noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
+    return noise, torch.randint(0, num_timesteps, (b,), generator=generator)
 
 
 def noisy_latents_and_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):

@@ -25,7 +25,9 @@ def resolve_optimizer(config, device_type: str) -> str:
 
 
 def make_optimizer(config, groups: list[dict], device_type: str):
-    """AdamW (fused kernel on CUDA) or bitsandbytes' 8-bit AdamW over the strategy's parameter groups."""
+    """AdamW (PyTorch's fused kernel, on CUDA and on the CPU), bitsandbytes' 8-bit AdamW, or, with
+    ``fused_backward`` / ``master_weights=bf16``, the low-memory AdamW of :mod:`.lowmem` over the strategy's
+    parameter groups."""
     import torch
 
     kind = resolve_optimizer(config, device_type)
@@ -33,6 +35,11 @@ def make_optimizer(config, groups: list[dict], device_type: str):
     kwargs = dict(
         betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay
     )
+    if getattr(config, "fused_backward", False) or getattr(config, "master_weights", "fp32") == "bf16":
+        from .lowmem import LowMemoryAdamW
+
+        log.info("optimizer: AdamW, %s", "step in backward" if config.fused_backward else "bf16 stochastic rounding")
+        return LowMemoryAdamW(torch_groups, in_backward=bool(config.fused_backward), seed=config.seed, **kwargs)
     if kind == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -43,7 +50,7 @@ def make_optimizer(config, groups: list[dict], device_type: str):
             ) from None
         log.info("optimizer: 8-bit AdamW (bitsandbytes)")
         return bnb.optim.AdamW8bit(torch_groups, **kwargs)
-    fused = device_type == "cuda"
+    fused = device_type in ("cuda", "cpu")  # one kernel for all parameters: faster, no temporaries
     log.info("optimizer: AdamW%s", " (fused)" if fused else "")
     return torch.optim.AdamW(torch_groups, fused=fused or None, **kwargs)
 

@@ -130,11 +130,16 @@ def held_out(config) -> list[Path]:
 
 def weights_hash(config) -> str:
     """Hash of the options that shape the trained weights (not paths, samples, checkpoint cadence or steps), and of
-    the weights a run starts from when its config names some (``start_weights_hash``: a LoRA being continued)."""
+    the weights a run starts from when its config names some (``start_weights_hash``: a LoRA being continued), and of
+    the number of processes when there are several (N processes train with N times ``batch_size``)."""
+    from ..distributed import world_size
+
     options = config_hash(config, exclude=WEIGHTLESS_OPTIONS + ("steps",))
     start = getattr(config, "start_weights_hash", None)
     start = start() if callable(start) else ""
-    return hashlib.sha256(f"{options}:{start}".encode()).hexdigest() if start else options
+    world = world_size()
+    extra = (f":{start}" if start else "") + (f":processes={world}" if world > 1 else "")
+    return hashlib.sha256(f"{options}{extra}".encode()).hexdigest() if extra else options
 
 
 def metadata_config(config) -> dict[str, Any]:

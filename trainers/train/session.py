@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configspec import validate
+from ..distributed import barrier, is_main
 from ..fsutil import clean_stale_parts, write_json_atomic
 from .events import Callbacks, TrainOutcome
 from .plan import INDEX_SUFFIX, Plan, dataset_hash, free_output_path, output_path, sidecar_path, weights_hash
@@ -146,11 +147,13 @@ class Session:
         output = self.wanted if cfg.overwrite else free_output_path(self.wanted.parent, self.name)
         if output != self.wanted:
             log.warning("%s exists (another result); saving as %s", self.wanted, output.name)
-        if self.force:
-            remove_states(self.state_dir)
-        clean_partials(self.state_dir)  # unfinished states of a killed run
-        for stale in clean_stale_parts(self.wanted.parent):  # unfinished result files of a killed save
-            log.info("removed %s, left by a save that did not finish", stale)
+        if is_main():  # several processes: one of them tidies the run's files, the others wait for it
+            if self.force:
+                remove_states(self.state_dir)
+            clean_partials(self.state_dir)  # unfinished states of a killed run
+            for stale in clean_stale_parts(self.wanted.parent):  # unfinished result files of a killed save
+                log.info("removed %s, left by a save that did not finish", stale)
+        barrier(cfg.device)
         resume = cfg.resume_from
         self.auto_resume = not resume and bool(list_states(self.state_dir))
         if self.auto_resume:

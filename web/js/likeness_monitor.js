@@ -60,6 +60,7 @@ function newRun(nodeId, data = {}) {
     eta: null,
     elapsed: null,
     message: null,
+    memory: typeof data.memory === "string" ? data.memory : null, // the planner's estimate and what it changed
     path: null,
     points: new Map(), // step -> {step, loss, smoothed}
     samples: [], // [{step, images: [{filename, subfolder, type, url}], prompts}]
@@ -508,6 +509,7 @@ class Monitor {
     this.statusEl.replaceChildren();
     const b = make("b", null, run ? `${run.step}/${run.total || "?"}` : "");
     this.statusEl.append(b, document.createTextNode(` ${statusLine(run)}`));
+    this.statusEl.title = run?.memory ?? ""; // hover: predicted peak memory and the settings changed to fit
     this.stopBtn.disabled = !(run && run.status === "running");
     this.logBtn.classList.toggle("likeness-monitor-on", this.logScale);
     const stats = [
