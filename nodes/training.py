@@ -123,8 +123,8 @@ class LikenessDreamBoothTrain:
     def IS_CHANGED(cls, instance_folder="", class_folder="", force_retrain=False, validation_folder="", **_):
         if force_retrain:
             return float("nan")
-        folders = (instance_folder, class_folder) + ((validation_folder,) if validation_folder else ())
-        return "|".join(bridge.input_folder_stamp(f) for f in folders)
+        folders = (instance_folder, class_folder, validation_folder or None)  # no validation folder: the old stamp
+        return "|".join(bridge.input_folder_stamp(f) for f in folders if f is not None)
 
     def train(self, model, output_name, unique_id=None, prompt=None, **inputs):
         from ..trainers.train.session import Session
@@ -180,11 +180,10 @@ class LikenessDreamBoothTrain:
         from ..trainers.model_io import load_components
 
         cfg = session.plan().config
-        callbacks = TrainingMonitor(node_id, cfg.steps, Path(cfg.output).stem)
         name = Path(cfg.output).stem
-        bridge.send_event(
-            "start", {"node_id": node_id, "kind": self.KIND, "total": cfg.steps, "name": name, "memory": memory}
-        )
+        callbacks = TrainingMonitor(node_id, cfg.steps, name)
+        start = {"node_id": node_id, "kind": self.KIND, "total": cfg.steps, "name": name, "memory": memory}
+        bridge.send_event("start", start)
         if memory:
             callbacks.on_status(memory)
         try:

@@ -25,6 +25,7 @@ DIFFERENT_MEANINGS = {
     "learning_rate": "each method has its own (README: table of defaults)",
     "output_name": "each node names its own result",
     "instance_prompt": "on the training nodes an empty value means 'the dataset's prompt'",
+    "ema": "which weights of a checkpoint the loader reads vs whether training keeps an EMA of its weights",
 }
 
 
