@@ -78,6 +78,7 @@ class Settings:
     methods: bool = True
     mask_floor: float = 0.3  # the face-weighted runs' floor (the option's default)
     max_masked_fg_ratio: float = 1.05  # fg_subj face-weighted / unweighted: "at least as well", within seed noise
+    variants: tuple[str, ...] = ()  # train only these (empty: all); --variants
 
     # expected directions and margins (see docs/learning_proof.md)
     max_fidelity_ratio_no_prior: float = 0.6  # inst_subj after / base, DreamBooth without prior
@@ -189,7 +190,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
     from trainers.train import train
 
     ProofDreamBooth, ProofLoRA = proof_configs()
-    prior = variant.endswith("_prior") and variant != "db_base_prior"
+    prior = variant in ("db_prior", "lora_prior")  # class images (the base-model prior needs none)
     common = dict(
         base_model=str(base_path),
         instance_data=str(root / "instance"),
@@ -212,6 +213,8 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
         sample_prompts=[],
         eval_every=0,  # these runs measure the final weights themselves (keep-best has its own run below)
     )
+    if variant in pm.LABELS:
+        common.update(pm.train_options(variant, root))
     if variant.startswith("lora"):
         cfg = ProofLoRA(
             steps=settings.lora_steps,
@@ -224,7 +227,7 @@ def train_variant(variant: str, root: Path, base_path: Path, settings: Settings,
         )
     else:
         if variant in pm.LABELS:
-            common.update(pm.train_options(variant, root), mask_floor=settings.mask_floor)
+            common.update(mask_floor=settings.mask_floor)
         cfg = ProofDreamBooth(
             steps=settings.steps,
             learning_rate=settings.learning_rate,
@@ -249,7 +252,10 @@ def run_benchmark(settings: Settings, base_path: Path = pb.BASE_PATH, workdir: P
         base_metrics = metrics(data["base"], data["subject"], data["base"])
         log.info("base: %s (data %.0fs)", _fmt(base_metrics), time.perf_counter() - t0)
         variants = ["db", "db_prior"] + (["lora_prior"] if settings.lora else [])
-        variants += list(pm.LABELS) if settings.methods else []
+        if settings.methods:
+            variants += [v for v in pm.LABELS if settings.lora or v not in pm.LORA_VARIANTS]
+        if settings.variants:
+            variants = [v for v in variants if v in settings.variants]
         runs: list[Run] = []
         for seed in settings.seeds:
             for variant in variants:
@@ -381,6 +387,17 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for seed in s.seeds:
         by = {r.name: r.metrics for r in result["runs"] if r.seed == seed}
+        if "lora_prior" in by:
+            lo = by["lora_prior"]
+            out.append(
+                (
+                    f"seed {seed}: subject fidelity, LoRA + prior: inst_subj {lo['inst_subj']:.4f} "
+                    f"< {s.max_fidelity_ratio_lora} x base {base['inst_subj']:.4f}",
+                    lo["inst_subj"] < s.max_fidelity_ratio_lora * base["inst_subj"],
+                )
+            )
+        if "db" not in by or "db_prior" not in by:  # --variants left them out
+            continue
         db, dbp = by["db"], by["db_prior"]
         out += [
             (
@@ -405,15 +422,6 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
                     f"seed {seed}: subject fidelity, DreamBooth + prior: inst_subj {dbp['inst_subj']:.4f} "
                     f"< {s.max_fidelity_ratio_prior} x base {base['inst_subj']:.4f}",
                     dbp["inst_subj"] < s.max_fidelity_ratio_prior * base["inst_subj"],
-                )
-            )
-        if "lora_prior" in by:
-            lo = by["lora_prior"]
-            out.append(
-                (
-                    f"seed {seed}: subject fidelity, LoRA + prior: inst_subj {lo['inst_subj']:.4f} "
-                    f"< {s.max_fidelity_ratio_lora} x base {base['inst_subj']:.4f}",
-                    lo["inst_subj"] < s.max_fidelity_ratio_lora * base["inst_subj"],
                 )
             )
     return out + pm.checks(result)
@@ -474,6 +482,26 @@ def save_grid(result: dict[str, Any], path: Path, per_row: int = 8) -> None:
     Image.fromarray((grid * 255).round().astype("uint8")).resize((grid.shape[1] * 2, grid.shape[0] * 2)).save(path)
 
 
+def settings_from_args(args) -> Settings:
+    """The run's :class:`Settings`: FULL or FAST, then the command line's overrides."""
+    settings = FAST if args.fast else FULL
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
+    if args.steps:
+        settings = dataclasses.replace(settings, steps=args.steps, lora_steps=args.steps)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        kind = type(getattr(settings, key))
+        settings = dataclasses.replace(
+            settings, **{key: kind(value) if getattr(settings, key) is not None else float(value)}
+        )
+    if args.no_lora:
+        settings = dataclasses.replace(settings, lora=False)
+    if args.variants:
+        settings = dataclasses.replace(settings, variants=tuple(args.variants))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_proof", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -485,7 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=pb.BASE_PATH, help="base model file (default: the committed one)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0 1 2, or 0 with --fast)")
     parser.add_argument("--steps", type=int, help="training steps for DreamBooth and LoRA")
-    parser.add_argument("--no-lora", action="store_true", help="skip the LoRA row")
+    parser.add_argument("--no-lora", action="store_true", help="skip the LoRA rows")
+    parser.add_argument(
+        "--variants", nargs="+", default=[], help="train only these variants (e.g. lora lora_base_prior)"
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override Settings fields")
     parser.add_argument("--grid", type=Path, help="also save a PNG of the samples of the first seed")
     parser.add_argument(
@@ -508,19 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         pb.build_base(args.base)
     if args.keep_best:
         return keep_best_main(args)
-    settings = FAST if args.fast else FULL
-    if args.seeds:
-        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
-    if args.steps:
-        settings = dataclasses.replace(settings, steps=args.steps, lora_steps=args.steps)
-    for item in args.set:
-        key, value = item.split("=", 1)
-        kind = type(getattr(settings, key))
-        settings = dataclasses.replace(
-            settings, **{key: kind(value) if getattr(settings, key) is not None else float(value)}
-        )
-    if args.no_lora:
-        settings = dataclasses.replace(settings, lora=False)
+    settings = settings_from_args(args)
     result = run_benchmark(settings, args.base)
     print(table(result))
     extra = pm.table(result)

@@ -2,6 +2,9 @@
 
 - ``db_base_prior``: DreamBooth with ``prior="base_model"``: no class images exist for it; the class target is the
   frozen base model's prediction. Judged like class images: ``cls_drift`` < 0.6 x the no-prior run's.
+- ``lora`` / ``lora_base_prior``: LoRA (the proof's LoRA settings) without prior and with ``prior="base_model"``
+  (the adapters switched off for the class target's pass; no class images). Judged like DreamBooth's:
+  ``cls_drift`` with the base-model prior < 0.6 x the no-prior LoRA run's.
 - ``db_bg`` / ``db_bg_masked``: DreamBooth without prior on the subject standing on a new random background in every
   picture (:func:`~benchmarks.proof_data.subject_on_backgrounds`), with masks beside the pictures, trained with the
   face-weighted loss off and on (``mask_floor`` 0.3, the default). Measured on the instance samples:
@@ -23,8 +26,11 @@ import numpy as np
 from . import proof_data as pd
 
 BG_VARIANTS = ("db_bg", "db_bg_masked")
+LORA_VARIANTS = ("lora", "lora_base_prior")  # trained only when the proof's LoRA row is on
 LABELS = {
     "db_base_prior": "DreamBooth + prior from the base model",
+    "lora": "LoRA, no prior",
+    "lora_base_prior": "LoRA + prior from the base model",
     "db_bg": "DreamBooth, random backgrounds, unweighted loss",
     "db_bg_masked": "DreamBooth, random backgrounds, face-weighted loss",
 }
@@ -56,8 +62,10 @@ def background_metrics(samples, subject, bg: dict[str, Any]) -> dict[str, float]
 
 
 def train_options(variant: str, root: Path) -> dict[str, Any]:
-    """What a method variant changes in the proof's DreamBooth config."""
-    if variant == "db_base_prior":
+    """What a method variant changes in the proof's DreamBooth (or LoRA) config."""
+    if variant == "lora":
+        return {}
+    if variant in ("db_base_prior", "lora_base_prior"):
         return {"prior_preservation": True, "prior": "base_model", "class_data": None}
     if variant in BG_VARIANTS:
         return {"instance_data": str(root / "instance_bg"), "masked_loss": variant == "db_bg_masked"}
@@ -70,13 +78,22 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for seed in s.seeds:
         by = {r.name: r for r in result["runs"] if r.seed == seed}
-        if "db_base_prior" in by:
+        if "db_base_prior" in by and "db" in by:
             db, bp = by["db"].metrics, by["db_base_prior"].metrics
             out.append(
                 (
                     f"seed {seed}: prior from the base model: cls_drift {bp['cls_drift']:.4f} "
                     f"< {s.max_drift_ratio} x without prior {db['cls_drift']:.4f}",
                     bp["cls_drift"] < s.max_drift_ratio * db["cls_drift"],
+                )
+            )
+        if all(v in by for v in LORA_VARIANTS):
+            lo, lbp = by["lora"].metrics, by["lora_base_prior"].metrics
+            out.append(
+                (
+                    f"seed {seed}: LoRA, prior from the base model: cls_drift {lbp['cls_drift']:.4f} "
+                    f"< {s.max_drift_ratio} x without prior {lo['cls_drift']:.4f}",
+                    lbp["cls_drift"] < s.max_drift_ratio * lo["cls_drift"],
                 )
             )
         if all(v in by for v in BG_VARIANTS):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 from train_helpers import fresh, tiny_config
 
+from trainers.configspec import from_dict, to_dict
 from trainers.train import Callbacks, train
 
 DECAY, START = 0.8, 1
@@ -38,6 +43,79 @@ def expected_ema(steps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
         decay = 0.0 if k <= 0 else min(DECAY, (1 + k) / (10 + k))
         ema = {name: w.clone() if decay == 0.0 else ema[name] * decay + w * (1 - decay) for name, w in weights.items()}
     return ema
+
+
+def lora_file_tensors(c, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The LoRA file's tensors (kohya layout, fp32) for recorded ``weights`` put into the adapted components ``c``."""
+    from trainers.lora import adapters as A
+    from trainers.lora import kohya as K
+
+    with torch.no_grad():
+        for part in ("unet", "text_encoder"):
+            for k, p in getattr(c, part).named_parameters():
+                p.copy_(weights[f"{part}.{k}"])
+    return K.to_state_dict(A.get_weights(c.unet), A.get_weights(c.text_encoder), "fp32")
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=atol) for k in a)
+
+
+LORA = dict(lora_rank=4, lora_alpha=4.0, learning_rate=1e-2, text_encoder_lr=1e-2, save_dtype="fp32")
+
+
+def lora_config(folder: Path, cls=None, **overrides):
+    from trainers.lora.config import LoRAConfig
+
+    base = to_dict(tiny_config(folder, ema=True, ema_decay=DECAY, ema_start_step=START))
+    return from_dict(cls or LoRAConfig, {**base, **LORA, **overrides})
+
+
+def test_a_lora_result_is_the_ema_of_its_adapters(tiny_components, tmp_path):
+    c = fresh(tiny_components)
+    rec = Snapshots(c)
+    out = train(lora_config(tmp_path, steps=5), components=c, callbacks=rec)
+    assert out.state == "finished" and len(rec.steps) == 5
+    saved = load_file(str(out.path))
+    assert same_tensors(saved, lora_file_tensors(c, expected_ema(rec.steps)))
+    assert not same_tensors(saved, lora_file_tensors(c, rec.steps[-1]), atol=1e-4)  # not the last step's adapters
+    assert out.metadata["likeness.ema"] == '{"decay": 0.8, "start_step": 1}'
+
+
+class CurveJudge:
+    """Subject probes score ``curve[step]``; the class probes (the last ``n_class`` images) a constant."""
+
+    name = "curve"
+
+    def __init__(self, curve: dict[int, float], n_class: int):
+        self.curve, self.n_class = curve, n_class
+
+    def prepare(self, trainer):
+        self.trainer = trainer
+
+    def score(self, images):
+        subject = [(self.curve.get(self.trainer.step), "") for _ in images[: -self.n_class]]
+        return subject + [(0.3, "") for _ in images[-self.n_class :]]
+
+
+def test_keep_best_with_ema_keeps_the_ema_weights_of_the_kept_step(tiny_components, tmp_path):
+    from trainers.lora.config import LoRAConfig
+
+    @dataclass
+    class Judged(LoRAConfig):
+        def make_judge(self):
+            return CurveJudge({2: 0.5, 4: 0.9, 6: 0.6}, self.eval_images)
+
+    c = fresh(tiny_components)
+    rec = Snapshots(c)
+    cfg = lora_config(tmp_path, Judged, steps=6, eval_every=2, eval_steps=2, keep_last=True)
+    out = train(cfg, components=c, callbacks=rec)
+    assert out.metadata["likeness.kept_step"] == "4" and len(rec.steps) == 6
+    kept = load_file(str(out.path))
+    assert same_tensors(kept, lora_file_tensors(c, expected_ema(rec.steps[:4])))  # judged and kept: the EMA
+    assert not same_tensors(kept, lora_file_tensors(c, rec.steps[3]), atol=1e-4)  # not step 4's raw adapters
+    last = load_file(str(out.path.with_name(f"{out.path.stem}_last.safetensors")))
+    assert same_tensors(last, lora_file_tensors(c, expected_ema(rec.steps)))  # the last step saved as its EMA too
 
 
 def test_the_saved_result_is_the_ema_and_samples_use_it_without_disturbing_training(tiny_components, tmp_path):

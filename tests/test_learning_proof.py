@@ -179,7 +179,7 @@ def test_methods_variants_data_and_metrics(tmp_path):
     plain = pm.background_metrics(subject, subject, bg)
     assert plain["fg_subj"] == 0.0 and plain["bg_train"] > 0.05  # the subject on grey: far from the backgrounds
 
-    ProofDreamBooth, _ = lp.proof_configs()
+    ProofDreamBooth, ProofLoRA = lp.proof_configs()
     opts = dict(
         instance_prompt=pd.INSTANCE_PROMPT, class_prompt=pd.CLASS_PROMPT, output=str(tmp_path / "o.safetensors")
     )
@@ -189,3 +189,7 @@ def test_methods_variants_data_and_metrics(tmp_path):
         **opts, instance_data=str(tmp_path / "instance_bg"), **pm.train_options("db_base_prior", tmp_path)
     )
     assert base_prior.prior_preservation and plan(base_prior).classes is None
+    lora_prior = ProofLoRA(
+        **opts, instance_data=str(tmp_path / "instance_bg"), **pm.train_options("lora_base_prior", tmp_path)
+    )
+    assert lora_prior.prior == "base_model" and plan(lora_prior).classes is None  # LoRA's row: no class images either

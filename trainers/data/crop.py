@@ -220,18 +220,7 @@ def center_crop_box(width: int, height: int) -> CropBox:
 
 def cut_square(image: Image.Image, box: CropBox, resolution: int) -> Image.Image:
     """Cut ``box`` out of ``image`` and resize it to ``resolution`` (LANCZOS); pads by edge replication if needed."""
-    if not box.padded:
-        return image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box.box)
-    import cv2
-
-    a = np.asarray(image)
-    h, w = a.shape[:2]
-    x0, y0, x1, y1 = box.box
-    inner = a[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)]
-    padded = cv2.copyMakeBorder(
-        inner, max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w), borderType=cv2.BORDER_REPLICATE
-    )
-    return Image.fromarray(padded).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return cut_rect(image, box, (resolution, resolution))  # a square box is a rectangle (``box``, ``padded``)
 
 
 def sharpness(gray: np.ndarray) -> float:

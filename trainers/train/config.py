@@ -96,8 +96,8 @@ class TrainConfig:
         "class_images",
         "Where prior preservation's class target comes from: class_images (generated beforehand) or base_model (the "
         "frozen base model's own prediction for the class prompt on the same noisy latents: no class images to "
-        "make. LoRA: one more forward pass per step with the adapters off. DreamBooth: a frozen copy of the UNet, "
-        "about 1.7 GB more VRAM in fp16).",
+        "make. LoRA: one more forward pass per step with the adapters off. DreamBooth: a frozen copy of the UNet beside "
+        "it, 1.7 GB in fp16; see the README's GPU memory section).",
         choices=PRIOR_MODES,
     )
     output: str = opt("", "Where to write the result (.safetensors).", node=False)

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from .dataset import mix_seed
 from .events import EvaluationInfo
-from .hooks import Hook
+from .hooks import Hook, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +427,5 @@ def summary_lines(metadata: dict[str, Any]) -> list[str]:
 @contextlib.contextmanager
 def _sampling_mode(trainer):
     """Trained modules in eval mode and the offloaded parts on the device while probes render (as samples do)."""
-    for module in trainer.modules.values():
-        module.eval()
-    try:
-        with trainer.parts_on_device():
-            yield
-    finally:
-        for module in trainer.modules.values():
-            module.train()
-        if not trainer.te_training:
-            trainer.c.text_encoder.eval()
+    with eval_mode(trainer), trainer.parts_on_device():
+        yield

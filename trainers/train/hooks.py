@@ -85,3 +85,18 @@ def sampling_weights(trainer):
     finally:
         for hook in reversed(trainer.hooks):
             hook.after_samples(trainer)
+
+
+@contextlib.contextmanager
+def eval_mode(trainer):
+    """The trained modules in eval mode for a while (dropout off), then back to training (a frozen text encoder
+    stays in eval mode): what hooks that render or measure between steps run under."""
+    for module in trainer.modules.values():
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in trainer.modules.values():
+            module.train()
+        if not trainer.te_training:
+            trainer.c.text_encoder.eval()

@@ -170,6 +170,7 @@ class Trainer:
             module.train()
             if cfg.master_weights == "bf16":
                 cast_quietly(module, torch.bfloat16)  # trained in bf16 with stochastic rounding (``lowmem``)
+        self.token_ids: dict[str, Any] = {}  # caption -> token ids on the training device
         self.base_prior = None
         if cfg.prior_preservation and cfg.prior == "base_model":
             from .base_prior import BasePrior
@@ -190,7 +191,6 @@ class Trainer:
         self.masked = bool(cfg.masked_loss) and has_masks(self.plan.instance)
         if cfg.masked_loss and not self.masked:
             log.info("face-weighted loss: the dataset has no masks (*.mask.png), so the loss is not weighted")
-        self.token_ids: dict[str, Any] = {}  # caption -> token ids on the training device
         self.scaling = getattr(c.vae.config, "scaling_factor", 0.18215)
         self.num_timesteps = c.noise_scheduler.config.num_train_timesteps
 

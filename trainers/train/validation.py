@@ -16,13 +16,12 @@ over-fitting: it falls while the model learns the subject and turns up once it m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from typing import Any
 
 from .dataset import mix_seed
-from .hooks import Hook
+from .hooks import Hook, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class ValidationHook(Hook):
             self.evaluate(trainer)
 
     def evaluate(self, trainer) -> float:
-        with _eval_mode(trainer):
+        with eval_mode(trainer):
             loss = self.loss(trainer)
         self.curve.append([trainer.step, loss])
         trainer.extra_metadata["likeness.validation_loss"] = json.dumps(self.curve)
@@ -101,17 +100,3 @@ class ValidationHook(Hook):
 
     def load(self, state: dict[str, Any], tensors: dict[str, Any]) -> None:
         self.curve = [list(p) for p in state.get("curve", [])]
-
-
-@contextlib.contextmanager
-def _eval_mode(trainer):
-    """The trained modules in eval mode for a while (dropout off), then back to training as they were."""
-    for module in trainer.modules.values():
-        module.eval()
-    try:
-        yield
-    finally:
-        for module in trainer.modules.values():
-            module.train()
-        if not trainer.te_training:
-            trainer.c.text_encoder.eval()
