@@ -205,7 +205,7 @@ def test_two_processes_class_images_each_index_once_and_resume(tmp_path, tiny_ch
     )  # fmt: skip
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.files}
     args = [
-        "classes", f"--base-model={tiny_checkpoint}", f"--tokenizer={tok}", "--count=9", "--device=cpu",
+        "classes", "-v", f"--base-model={tiny_checkpoint}", f"--tokenizer={tok}", "--count=9", "--device=cpu",
         f"--output-root={root}", *(f"{k}={v}" for k, v in common.items()),
     ]  # fmt: skip
     code, out, err = _finish(_launch(args, tmp_path / "cache"))
