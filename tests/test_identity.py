@@ -246,13 +246,24 @@ def test_requirements_install_the_backend_only_where_prebuilt_wheels_exist():
     reqs = {r.name: r for r in (Requirement(ln) for ln in lines if ln)}
     assert {"dlib-bin", "face_recognition_models"} <= set(reqs)
 
-    def env(system, machine, python):
-        return {"sys_platform": system, "platform_machine": machine, "python_version": python}
+    def env(system, machine, python, release="6.1.0"):
+        return {
+            "sys_platform": system,
+            "platform_machine": machine,
+            "python_version": python,
+            "platform_release": release,
+        }
 
     wheels = [env("linux", "x86_64", "3.10"), env("linux", "aarch64", "3.13"), env("win32", "AMD64", "3.12"),
-              env("darwin", "arm64", "3.11"), env("darwin", "x86_64", "3.12")]  # fmt: skip
-    none = [env("linux", "ppc64le", "3.12"), env("win32", "ARM64", "3.12"), env("win32", "x86", "3.11"),
-            env("linux", "x86_64", "3.14")]  # fmt: skip
+              env("darwin", "arm64", "3.12", "23.4.0"), env("darwin", "arm64", "3.13", "25.0.0")]  # fmt: skip
+    none = [
+        env("linux", "ppc64le", "3.12"),
+        env("win32", "ARM64", "3.12"),
+        env("win32", "x86", "3.11"),
+        env("linux", "x86_64", "3.14"),
+        env("darwin", "x86_64", "3.12", "23.4.0"),  # dlib-bin 20: no Intel wheels
+        env("darwin", "arm64", "3.12", "22.6.0"),
+    ]  # macOS 13 (Darwin 22): the arm64 wheels need macOS 14
     for name in ("dlib-bin", "face_recognition_models"):
         marker = reqs[name].marker
         assert marker is not None, f"{name} must carry an environment marker"
