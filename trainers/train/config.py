@@ -218,8 +218,9 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(
         True,
         "Recompute activations in the backward pass: SD1.5 at 512 px, batch 1, fp32 keeps 1.8 GB of activations "
-        "without it, 0.5 GB with it (traced); it costs one more forward pass, +33% of a step where the GPU/CPU is "
-        "busy (measured +37% on the CPU at 512 px; small models and 64 px pay more, up to +80%).",
+        "without it, 0.5 GB with it (traced); it costs one more forward pass, about +33% of a step where the GPU/CPU "
+        "is busy (computed; measured on a loaded 2-core CPU at 512 px: -3% and +15% in two runs; +43% on the tiny "
+        "test model; see docs/benchmarks.md).",
         advanced=True,
     )
     attention: str = opt(
