@@ -27,6 +27,7 @@ from . import proof_data as pd
 
 BG_VARIANTS = ("db_bg", "db_bg_masked")
 LORA_VARIANTS = ("lora", "lora_base_prior")  # trained only when the proof's LoRA row is on
+BASE_PRIOR_PAIRS = (("", "db", "db_base_prior"), ("LoRA, ", *LORA_VARIANTS))  # (label, without prior, base prior)
 LABELS = {
     "db_base_prior": "DreamBooth + prior from the base model",
     "lora": "LoRA, no prior",
@@ -78,24 +79,16 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for seed in s.seeds:
         by = {r.name: r for r in result["runs"] if r.seed == seed}
-        if "db_base_prior" in by and "db" in by:
-            db, bp = by["db"].metrics, by["db_base_prior"].metrics
-            out.append(
-                (
-                    f"seed {seed}: prior from the base model: cls_drift {bp['cls_drift']:.4f} "
-                    f"< {s.max_drift_ratio} x without prior {db['cls_drift']:.4f}",
-                    bp["cls_drift"] < s.max_drift_ratio * db["cls_drift"],
+        for label, without, with_base in BASE_PRIOR_PAIRS:
+            if without in by and with_base in by:
+                plain, base = by[without].metrics, by[with_base].metrics
+                out.append(
+                    (
+                        f"seed {seed}: {label}prior from the base model: cls_drift {base['cls_drift']:.4f} "
+                        f"< {s.max_drift_ratio} x without prior {plain['cls_drift']:.4f}",
+                        base["cls_drift"] < s.max_drift_ratio * plain["cls_drift"],
+                    )
                 )
-            )
-        if all(v in by for v in LORA_VARIANTS):
-            lo, lbp = by["lora"].metrics, by["lora_base_prior"].metrics
-            out.append(
-                (
-                    f"seed {seed}: LoRA, prior from the base model: cls_drift {lbp['cls_drift']:.4f} "
-                    f"< {s.max_drift_ratio} x without prior {lo['cls_drift']:.4f}",
-                    lbp["cls_drift"] < s.max_drift_ratio * lo["cls_drift"],
-                )
-            )
         if all(v in by for v in BG_VARIANTS):
             plain, masked = by["db_bg"].metrics, by["db_bg_masked"].metrics
             out += [

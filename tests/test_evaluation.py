@@ -22,14 +22,6 @@ from trainers.configspec import from_dict, to_dict
 from trainers.train import Callbacks, DreamBoothConfig, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Recorder(Callbacks):
     def __init__(self, stop_at: int | None = None):
         self.evaluations, self.status, self.stop_at, self.step = [], [], stop_at, 0
