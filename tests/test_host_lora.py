@@ -6,13 +6,12 @@ core LoraLoader: every key loaded (no "lora key not loaded"), one patch per adap
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import training_graph, training_inputs
+from train_helpers import comfy_lora_patches, training_graph, training_inputs
 
 pytestmark = pytest.mark.host
 
@@ -20,34 +19,6 @@ NODE = "LikenessLoRATrain"
 BASE = "likeness_lora_base.safetensors"
 RES = 64
 RANK, ALPHA = 4, 2.0
-
-# Run with the host's own Python: ComfyUI's LoRA loading (the functions LoraLoader calls) on a checkpoint + LoRA,
-# then ComfyUI's own weight-patch maths per patched weight; prints what was patched and the size of each change.
-COUNT_SCRIPT = r"""
-import io, json, logging, sys
-comfy_dir, ckpt, lora_path, strength = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-sys.path.insert(0, comfy_dir)
-buf = io.StringIO()
-logging.basicConfig(stream=buf, level=logging.INFO, force=True)
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options
-comfy.options.enable_args_parsing()
-import torch
-torch.set_grad_enabled(False)
-import comfy.sd, comfy.utils
-model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
-lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
-m2, c2 = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
-def changes(patcher):
-    sd = patcher.model_state_dict()
-    out = {}
-    for key, patches in patcher.patches.items():
-        w = sd[key].float().clone()
-        new = patcher.calculate_weight(patches, w.clone(), key)
-        out[key] = float((new.float() - w).norm())
-    return out
-print(json.dumps({"unet": changes(m2), "clip": changes(c2.patcher), "log": buf.getvalue()}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +74,7 @@ def _pixels(result) -> np.ndarray:
 
 
 def _comfy_patches(host, lora: Path, strength: float, tmp_path: Path) -> dict:
-    script = tmp_path / "count_patches.py"
-    script.write_text(COUNT_SCRIPT)
-    ckpt = (host.checkpoints_dir / BASE).resolve()
-    run = subprocess.run(
-        [str(host.install.python), str(script), str(host.install.comfy_dir), str(ckpt), str(lora), str(strength)],
-        cwd=str(host.install.comfy_dir), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return comfy_lora_patches(host, BASE, [lora], tmp_path, strength)[lora.stem]
 
 
 def _adapted_module_count() -> tuple[int, int]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,52 @@ def training_graph(host, node: str, base_name: str, prefix: str, ids=("1", "2", 
         train: {"class_type": node, "inputs": values},
         opt_id: {"class_type": "LikenessTrainingOptions", "inputs": opts},
     }
+
+
+# Run with the host's Python: load the checkpoint once, then each LoRA the way LoraLoader does, and ComfyUI's own
+# weight-patch maths per patched weight; prints, per LoRA file, the size of each change and the log of its loading.
+COMFY_LORA_PATCHES = r"""
+import io, json, logging, sys
+comfy_dir, ckpt, strength, loras = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+sys.path.insert(0, comfy_dir)
+buf = io.StringIO()
+logging.basicConfig(stream=buf, level=logging.INFO, force=True)
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+torch.set_grad_enabled(False)
+import comfy.sd, comfy.utils
+model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+def changes(patcher):
+    sd = patcher.model_state_dict()
+    out = {}
+    for key, patches in patcher.patches.items():
+        w = sd[key].float().clone()
+        new = patcher.calculate_weight(patches, w.clone(), key)
+        out[key] = float((new.float() - w).norm())
+    return out
+result = {}
+for path in loras:
+    buf.seek(0)
+    buf.truncate()
+    lora = comfy.utils.load_torch_file(path, safe_load=True)
+    m2, c2 = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
+    result[path] = {"unet": changes(m2), "clip": changes(c2.patcher), "log": buf.getvalue()}
+print(json.dumps(result))
+"""
+
+
+def comfy_lora_patches(host, base_name: str, loras: list[Path], tmp_path: Path, strength: float = 1.0) -> dict:
+    """Per LoRA file (by stem): ComfyUI's own patches on the host's checkpoint ``base_name`` (``unet``/``clip``: the
+    size of each weight's change) and what loading it logged (``log``)."""
+    script = tmp_path / "count_patches.py"
+    script.write_text(COMFY_LORA_PATCHES)
+    ckpt = (host.checkpoints_dir / base_name).resolve()
+    run = subprocess.run(
+        [str(host.install.python), str(script), str(host.install.comfy_dir), str(ckpt), str(strength),
+         *map(str, loras)], cwd=str(host.install.comfy_dir), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return {Path(k).stem: v for k, v in out.items()}
