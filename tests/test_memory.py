@@ -87,6 +87,47 @@ def test_low_memory_adamw_computes_torch_adamw():
     assert (results[0] - w0).abs().max() > 0.1
 
 
+def test_the_update_runs_in_pieces_so_its_temporaries_stay_within_what_the_planner_counts(monkeypatch, tmp_path):
+    """A weight larger than a piece is updated piece by piece: the same AdamW as torch's (fp32), and in bf16 the
+    fp32 temporaries alive at once stay within the planner's bound for one piece (they were ~34 bytes a value of
+    the whole weight: 1 GB for SD1.5's largest)."""
+    from trainers.train import lowmem
+    from trainers.train.memory import _update_bytes
+    from trainers.train.memtrace import LiveBytes
+
+    monkeypatch.setattr(lowmem, "PIECE", 1000)
+    torch.manual_seed(0)
+    w0, grads = torch.randn(70, 50), [torch.randn(70, 50) for _ in range(5)]  # 3500 values: 4 pieces, the last short
+    out = []
+    for make in (
+        lambda p: torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1),
+        lambda p: lowmem.LowMemoryAdamW([{"params": [p], "lr": 1e-2}], betas=(0.9, 0.999), eps=1e-8,
+                                        weight_decay=0.1, in_backward=False, seed=0),
+    ):  # fmt: skip
+        p = torch.nn.Parameter(w0.clone())
+        opt = make(p)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out.append(p.detach())
+    assert (out[0] - out[1]).abs().max() < 1e-6 and (out[0] - w0).abs().max() > 0.01
+
+    p = torch.nn.Parameter(torch.randn(200, 50).to(torch.bfloat16))  # 10 pieces
+    opt = lowmem.LowMemoryAdamW([{"params": [p], "lr": 1e-3}], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                in_backward=False, seed=0)  # fmt: skip
+    before = p.detach().clone()
+    for _ in range(2):  # the first step makes the moments (2 bytes a value each, counted as optimizer state)
+        p.grad = torch.randn_like(p)
+        count = LiveBytes()
+        count.ignore([p, p.grad, *[t for s in opt.state.values() for t in s.values()]])
+        with count:
+            opt.step()
+    cfg = tiny_config(tmp_path, master_weights="bf16", mixed_precision="auto")
+    bound = _update_bytes(cfg)  # the planner's bytes for one piece (of the patched size)
+    assert 0.8 * bound < count.peak <= bound and count.peak < 34 * p.numel() // 8
+    assert not torch.equal(p.detach(), before)
+
+
 def test_stochastic_rounding_is_unbiased_and_keeps_updates_below_bf16_resolution():
     from trainers.train.lowmem import stochastic_round_
 
@@ -202,6 +243,9 @@ def test_sd15_weights_and_optimizer_are_counted_from_its_real_shapes(tmp_path):
     assert est.optimizer == 8 * trained  # two fp32 AdamW moments
     assert est.weights == 4 * trained  # VAE offloaded after caching, the text encoder trains
     assert est.step >= est.gradients == 4 * trained
+    assert est.ema == 0  # no EMA unless asked
+    assert estimate(dataclasses.replace(cfg, ema=True), shapes, "cuda").ema == 4 * trained
+    assert estimate(dataclasses.replace(cfg, ema=True, ema_on_cpu=True), shapes, "cuda").ema == 0  # not on the GPU
     eight = estimate(dataclasses.replace(cfg, optimizer="adamw8bit"), shapes, "cuda")
     assert est.optimizer - eight.optimizer == pytest.approx(5.99 * trained, rel=1e-3)  # 5.9e9 bytes: "saves ~5.9 GB"
 

@@ -11,7 +11,8 @@ The peak of a training run is, per part (bytes on the training device):
 - **step**: what one micro-step's forward and backward hold at their peak, activations (by resolution, batch,
   prior preservation, gradient checkpointing, attention kernel, precision) together with the gradients as they are
   accumulated. This is traced, not assumed: :mod:`.memtrace` runs the step of the model's own shapes on the meta
-  device and counts every tensor alive (cached on disk, so a configuration is traced once);
+  device and counts every tensor alive (cached on disk, so a configuration is traced once), plus the temporaries
+  of the low-memory optimizer's update (:mod:`.lowmem` updates one piece of a weight at a time);
 - **sampling**: sample images bring the VAE (and text encoder) back and decode at the training resolution while the
   optimizer state is still alive; the peak is the larger of training and sampling.
 
@@ -216,9 +217,14 @@ def _dtype_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
-def _ema_enabled(cfg) -> bool:
-    """Whether the config keeps an EMA of the trained weights (an option other methods may add)."""
-    return bool(getattr(cfg, "ema", False) or getattr(cfg, "use_ema", False) or getattr(cfg, "ema_decay", 0))
+def _ema_bytes(cfg, n: int, device_type: str) -> int:
+    """The EMA's fp32 copy of what trains, when ``ema`` is on and the copy is on the training device (``ema_on_cpu``
+    keeps it in CPU memory: nothing on a GPU; on the CPU it is the same memory either way)."""
+    if not getattr(cfg, "ema", False):
+        return 0
+    if getattr(cfg, "ema_on_cpu", False) and device_type != "cpu":
+        return 0
+    return 4 * n
 
 
 def _trained(cfg, shapes: ModelShapes) -> tuple[int, bool]:
@@ -268,7 +274,7 @@ def estimate(cfg, shapes: ModelShapes | None = None, device_type: str = "cuda") 
     gbytes = 0 if cfg.fused_backward else n * (2 if cfg.master_weights == "bf16" else 4)
     step = _step_bytes(cfg, shapes, precision, te_trained, n)
     optimizer = _optimizer_bytes(cfg, n, device_type)
-    ema = 4 * n if _ema_enabled(cfg) else 0
+    ema = _ema_bytes(cfg, n, device_type)
     sampling = 0
     if cfg.sample_every or cfg.sample_at_end:
         back = (shapes.vae + (0 if te_trained else shapes.te)) * frozen if device_type != "cpu" else 0
@@ -305,7 +311,18 @@ def _step_bytes(cfg, shapes: ModelShapes, precision: str, te_trained: bool, n: i
         peak += n * (weight - act)  # the trace held the gradients in the activation dtype
     if lora:
         peak += 4 * n
-    return peak
+    return peak + _update_bytes(cfg)
+
+
+def _update_bytes(cfg) -> int:
+    """The fp32 temporaries of the optimizer's update when :mod:`.lowmem` applies it (step in backward, bf16
+    weights): one piece of one weight at a time, ~34 bytes a value in bf16 (gradient, moments, denominator, new
+    weights, rounding noise), one denominator (4 bytes a value) in fp32. torch's fused AdamW keeps none."""
+    if getattr(cfg, "kind", "dreambooth") == "lora" or not (cfg.fused_backward or cfg.master_weights == "bf16"):
+        return 0
+    from .lowmem import PIECE
+
+    return PIECE * (34 if cfg.master_weights == "bf16" else 4)
 
 
 def _decode_bytes(shapes: ModelShapes, resolution: int, precision: str) -> int:
