@@ -15,6 +15,9 @@ Both trainers are measured the same way, from the outside, without changing thei
   memory-mapped weights are read in first, :func:`_page_in`) and the peak resident set size (``VmHWM``) when forward
   ``STEPS + 1`` starts, i.e. the peak of N whole steps; on CUDA also ``torch.cuda.max_memory_allocated`` at the
   same two points;
+- with ``LIKENESS_BENCH_TENSORS=1``, also the peak bytes of the tensors made from the first training forward on
+  (:func:`count_new_tensors`): the quantity the memory planner predicts, measured on the real run; every op then
+  goes through a Python counter, so such a run's times are not comparable (marked ``counted``);
 - at forward ``STEPS + 1`` the result is written and the process ends at once (nothing is saved: saving is not
   what is compared).
 
@@ -55,6 +58,7 @@ class Probe:
         self.t0 = float(os.environ.get("LIKENESS_BENCH_T0", time.time()))
         self.stamps: list[float] = []
         self.first: dict[str, float] = {}
+        self.tensors = None  # LiveBytes counting the tensors made from the first training forward on
 
     def on_forward(self, unet) -> None:
         import torch
@@ -66,6 +70,8 @@ class Probe:
         if len(self.stamps) == 1:
             _page_in(unet)
             self.first = {"rss_mb": rss_kb("VmRSS") / 1024, "cuda_mb": _cuda_mb(torch, "memory_allocated")}
+            if os.environ.get("LIKENESS_BENCH_TENSORS") == "1":
+                self.tensors = count_new_tensors()
         if len(self.stamps) == self.steps + 1:
             self.finish(torch)
 
@@ -83,10 +89,30 @@ class Probe:
             "threads": torch.get_num_threads(),
             "steps": self.steps,
         }
+        if self.tensors is not None:
+            result["tensor_growth_mb"] = self.tensors.peak / 2**20
+            result["counted"] = True  # every op went through the counter: this run's times are not comparable
         self.out.write_text(json.dumps(result, indent=1))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def count_new_tensors():
+    """From now on, count the bytes of every tensor storage made (``trainers.train.memtrace.LiveBytes``, the
+    counter the memory planner's trace uses), alive at once at the peak: what training adds in tensors
+    (gradients, optimizer states, activations, temporaries) without the allocator's retention and the runtime's own
+    buffers that a resident-set figure includes. Tensors that exist already (weights, caches) are not new."""
+    import gc
+
+    import torch
+
+    from trainers.train.memtrace import LiveBytes
+
+    count = LiveBytes()
+    count.ignore([t for t in gc.get_objects() if isinstance(t, torch.Tensor) and not t.is_meta])
+    count.__enter__()  # left on until the process ends (the result is written at forward STEPS + 1)
+    return count
 
 
 def _page_in(module) -> None:

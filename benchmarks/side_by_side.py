@@ -10,6 +10,9 @@ run is a fresh process started through ``benchmarks/probe.py``, which measures b
 to the first training forward, median time per step, resident memory loaded / peak; on CUDA the allocator's peak).
 Runs alternate ours, theirs, ours, ... so both see the same machine load; the load average before each run is
 recorded, and the first pair is a warm-up (file caches, our persistent hash cache) left out of the medians.
+``--tensors`` adds one run of each trainer per pairing that counts the tensor bytes training adds over the loaded
+model (the probe's ``LIKENESS_BENCH_TENSORS``): the quantity the memory planner predicts, next to its prediction,
+free of what a resident-set figure adds (the allocator's retained pages, the runtime's own buffers).
 
 The model is a randomly initialised SD1.5 written as a diffusers folder (``--model tiny``: the tiny test model;
 ``sd15``: the full-size one from the pack's bundled configs), so both trainers load exactly the same files. Speed and
@@ -155,10 +158,11 @@ def warm_hash_cache(s: Setup) -> None:
     subprocess.run([sys.executable, "-c", code, str(s.model)], env=env, cwd=ROOT, check=True, capture_output=True)
 
 
-def run_probe(s: Setup, who: str, p: Pairing, index: int) -> dict:
-    """One run in a fresh process; returns the probe's measurements plus the load average."""
+def run_probe(s: Setup, who: str, p: Pairing, index: int, counted: bool = False) -> dict:
+    """One run in a fresh process; returns the probe's measurements plus the load average. ``counted``: the probe
+    also counts the tensor bytes training adds (``LIKENESS_BENCH_TENSORS``; that run's times are not used)."""
     key = next(k for k, q in PAIRINGS.items() if q is p)
-    out = s.root / f"run_{key}_{who}_{index}"
+    out = s.root / f"run_{key}_{who}_{'counted' if counted else index}"
     result_file = out.with_suffix(".json")
     result_file.unlink(missing_ok=True)
     if who == "ours":
@@ -170,6 +174,9 @@ def run_probe(s: Setup, who: str, p: Pairing, index: int) -> dict:
     env.update(LIKENESS_CACHE=str(s.root / "cache"), TOKENIZERS_PARALLELISM="false")
     env.pop("ACCELERATE_USE_CPU", None)
     env["LIKENESS_BENCH_T0"] = repr(time.time())
+    env.pop("LIKENESS_BENCH_TENSORS", None)
+    if counted:
+        env["LIKENESS_BENCH_TENSORS"] = "1"
     load = os.getloadavg()[0]
     proc = subprocess.run(
         [sys.executable, str(HERE / "probe.py"), str(result_file), str(s.steps), *target],
@@ -220,7 +227,7 @@ def table(s: Setup, pairings: list[Pairing], warmup: int) -> str:
     ]
     loaded = "cuda_loaded_mb" if s.device == "cuda" else "rss_loaded_mb"
     for p in pairings:
-        rows = [r for r in s.results if r["run"] >= warmup]
+        rows = [r for r in s.results if r["run"] >= warmup and not r.get("counted")]
         ours = [r for r in rows if r["who"] == "ours" and r["pairing"] == p.name]
         theirs_name = PAIRINGS[p.baseline].name if p.baseline else p.name
         theirs = [r for r in rows if r["who"] == "theirs" and r["pairing"] == theirs_name]
@@ -238,6 +245,26 @@ def table(s: Setup, pairings: list[Pairing], warmup: int) -> str:
             cells += [_fmt(predicted[0]), f"{float(measured) / predicted[0]:.2f}"]
         else:
             cells += ["-", "-"]
+        lines.append(f"| {p.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tensor_table(s: Setup, pairings: list[Pairing]) -> str:
+    """Markdown: the tensor bytes training adds over the loaded model (the counted runs) against the planner."""
+    lines = [
+        "| pairing | tensor growth MB ours | diffusers | ratio | planner's growth MB | ours / planner |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in pairings:
+        theirs_name = PAIRINGS[p.baseline].name if p.baseline else p.name
+        found = {}
+        for who, name in (("ours", p.name), ("theirs", theirs_name)):
+            rows = [r for r in s.results if r.get("counted") and r["who"] == who and r["pairing"] == name]
+            found[who] = rows[0] if rows else {}
+        a, b = found["ours"].get("tensor_growth_mb"), found["theirs"].get("tensor_growth_mb")
+        planned = found["ours"].get("predicted_growth_mb")
+        cells = [_fmt(a), _fmt(b), f"{a / b:.2f}" if a and b else "-", _fmt(planned)]
+        cells.append(f"{a / planned:.3f}" if a and planned else "-")
         lines.append(f"| {p.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,6 +301,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write every run's measurements here")
     ap.add_argument("--ours-only", action="store_true", help="do not run diffusers' scripts")
     ap.add_argument("--min-free-gb", type=float, default=0, help="wait for this much available RAM before each run")
+    ap.add_argument(
+        "--tensors", action="store_true",
+        help="after the timed runs, one more run of each trainer per pairing that counts the tensor bytes training "
+        "adds (what the planner predicts; slow: every op goes through a counter)",
+    )  # fmt: skip
     return ap.parse_args(argv)
 
 
@@ -292,19 +324,24 @@ def run(args: argparse.Namespace, root: Path) -> Setup:
     print(f"# {args.model} {resolution}px batch {args.batch} {args.device} {args.precision}, {args.steps} steps/run, "
           f"{args.runs} runs each (first left out), load before: {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     predictions: dict[str, float] = {}
-    for i in range(args.runs):
+    rounds = [(i, False) for i in range(args.runs)] + ([(args.runs, True)] if args.tensors else [])
+    for i, counted in rounds:
         for p in pairings:
             for who in ("ours", "theirs") if s.diffusers and not p.baseline else ("ours",):
                 wait_for_memory(args.min_free_gb)
-                r = run_probe(s, who, p, i)
+                r = run_probe(s, who, p, i, counted=counted)
                 if who == "ours" and s.device == "cpu":
                     if p.name not in predictions:
                         predictions[p.name] = predicted_growth_mb(s, p, args.model)
                     r["predicted_growth_mb"] = predictions[p.name]
-                print(f"  {p.name} [{who} #{i}] step {_fmt(r['step_s'])} s, start-up {_fmt(r['startup_s'])} s, "
+                what = f"tensors {r['tensor_growth_mb']:.1f} MB" if counted else f"step {_fmt(r['step_s'])} s"
+                print(f"  {p.name} [{who} #{'counted' if counted else i}] {what}, start-up {_fmt(r['startup_s'])} s, "
                       f"peak RSS {r['rss_peak_mb']:.0f} MB (loaded {r['rss_loaded_mb']:.0f}), load {r['load']:.1f}",
                       flush=True)  # fmt: skip
     print(table(s, pairings, warmup=1 if args.runs > 1 else 0))
+    if args.tensors:
+        print()
+        print(tensor_table(s, pairings))
     return s
 
 

@@ -92,7 +92,7 @@ def test_the_update_runs_in_pieces_so_its_temporaries_stay_within_what_the_plann
     fp32 temporaries alive at once stay within the planner's bound for one piece (they were ~34 bytes a value of
     the whole weight: 1 GB for SD1.5's largest)."""
     from trainers.train import lowmem
-    from trainers.train.memory import _update_bytes
+    from trainers.train.memory import _update_bytes, sd15_shapes
     from trainers.train.memtrace import LiveBytes
 
     monkeypatch.setattr(lowmem, "PIECE", 1000)
@@ -123,7 +123,7 @@ def test_the_update_runs_in_pieces_so_its_temporaries_stay_within_what_the_plann
         with count:
             opt.step()
     cfg = tiny_config(tmp_path, master_weights="bf16", mixed_precision="auto")
-    bound = _update_bytes(cfg)  # the planner's bytes for one piece (of the patched size)
+    bound = _update_bytes(cfg, sd15_shapes())  # the planner's bytes for one piece (of the patched size)
     assert 0.8 * bound < count.peak <= bound and count.peak < 34 * p.numel() // 8
     assert not torch.equal(p.detach(), before)
 
@@ -316,3 +316,28 @@ def test_before_a_gpu_run_the_planner_changes_the_config_and_says_what(tmp_path,
     assert not kept.gradient_checkpointing and "changed" not in line
     monkeypatch.setattr("trainers.devices.resolve_device", lambda name="auto": "cpu")
     assert memory.plan_memory(cfg, tiny_shapes) == (cfg, None)  # nothing to plan on the CPU
+
+
+def test_the_planner_predicts_the_tensor_bytes_a_real_run_adds(tmp_path):
+    """The planner against a real run of the CLI on the tiny model (``benchmarks/side_by_side.py --tensors``: the
+    probe counts every tensor storage made from the first training forward on, the planner's own quantity): full
+    fine-tuning with the text encoder, LoRA, and the optimizer step in backward, each within 3 %."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    runs = tmp_path / "runs.json"
+    cmd = [
+        sys.executable, "-m", "benchmarks.side_by_side", "--model", "tiny", "--ours-only", "--runs", "0", "--tensors",
+        "--steps", "2", "--pairings", "unet_te,lora,unet_fused", "--work", str(tmp_path / "work"), "--json", str(runs),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(runs.read_text())
+    assert len(results) == 3 and all(r["counted"] and r["who"] == "ours" for r in results)
+    for r in results:
+        assert r["tensor_growth_mb"] == pytest.approx(r["predicted_growth_mb"], rel=0.03), r["pairing"]
+    assert "| ours / planner |" in done.stdout

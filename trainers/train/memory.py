@@ -96,6 +96,7 @@ class ModelShapes:
     vae: int
     te: int
     lora_per_rank: tuple[tuple[str, int], ...] = ()  # ("unet:attention", params per unit of rank), ...
+    largest: int = 0  # values in the largest UNet / text-encoder weight (0: unknown)
 
     @property
     def vae_factor(self) -> int:
@@ -150,6 +151,7 @@ def shapes_of(unet, vae, te) -> ModelShapes:
         vae=_count(vae),
         te=_count(te),
         lora_per_rank=_lora_units(unet, te),
+        largest=max(p.numel() for m in (unet, te) for p in m.parameters()),
     )
 
 
@@ -311,18 +313,20 @@ def _step_bytes(cfg, shapes: ModelShapes, precision: str, te_trained: bool, n: i
         peak += n * (weight - act)  # the trace held the gradients in the activation dtype
     if lora:
         peak += 4 * n
-    return peak + _update_bytes(cfg)
+    return peak + _update_bytes(cfg, shapes)
 
 
-def _update_bytes(cfg) -> int:
+def _update_bytes(cfg, shapes: ModelShapes) -> int:
     """The fp32 temporaries of the optimizer's update when :mod:`.lowmem` applies it (step in backward, bf16
-    weights): one piece of one weight at a time, ~34 bytes a value in bf16 (gradient, moments, denominator, new
-    weights, rounding noise), one denominator (4 bytes a value) in fp32. torch's fused AdamW keeps none."""
+    weights): one piece of one weight at a time (the largest weight when it is smaller than a piece), ~34 bytes a
+    value in bf16 (gradient, moments, denominator, new weights, rounding noise), one denominator (4 bytes a value)
+    in fp32. torch's fused AdamW keeps none."""
     if getattr(cfg, "kind", "dreambooth") == "lora" or not (cfg.fused_backward or cfg.master_weights == "bf16"):
         return 0
     from .lowmem import PIECE
 
-    return PIECE * (34 if cfg.master_weights == "bf16" else 4)
+    values = min(PIECE, shapes.largest) if shapes.largest else PIECE
+    return values * (34 if cfg.master_weights == "bf16" else 4)
 
 
 def _decode_bytes(shapes: ModelShapes, resolution: int, precision: str) -> int:
