@@ -86,3 +86,28 @@ def to_device(tensor, device):
     if tensor.device.type == "cpu" and target.startswith("cuda"):
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+_LIBC: list[Any] = []
+
+
+def release_freed_host_memory() -> None:
+    """Give the pages of freed CPU memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Training on the CPU frees the gradients after every step and allocates them again in the next backward; glibc
+    keeps the freed pages of its heap, and the next step's allocations, interleaved with the forward's, do not fit
+    them exactly, so the heap grows by hundreds of MB over the first steps (measured on SD1.5: the second step's
+    peak 420 MB above the first's). Trimming once a step, while the gradients are gone, keeps the process's
+    resident memory at what its tensors hold."""
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
+        except OSError:
+            _LIBC.append(None)
+    trim = _LIBC[0]
+    if trim is not None:
+        trim(0)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..devices import placement, to_device
+from ..devices import placement, release_freed_host_memory, to_device
 from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .batches import BatchPlan, has_masks, pixel_masks
 from .dataset import mix_seed, to_tensor
@@ -288,6 +288,8 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cpu":
+            release_freed_host_memory()
         return total, inst, (prior if self.plan.classes is not None or self.base_prior is not None else None)
 
     def check_finite(self, sums, norm) -> tuple[float, float, float]:
