@@ -346,7 +346,7 @@ def test_the_planner_predicts_the_tensor_bytes_a_real_run_adds(tmp_path):
 def test_freed_cpu_memory_goes_back_to_the_system_after_each_step(tiny_components, tmp_path, monkeypatch):
     """glibc keeps freed heap pages (a CPU run's gradients, freed every step, came back 420 MB fatter at full size);
     the loop trims once a step on the CPU. In a fresh process whose heap holds 1 MB blocks (as training's gradients
-    do once glibc's mmap threshold has grown), 200 MB made and freed stay resident until the trim."""
+    do once glibc's mmap threshold has grown), 200 MB freed between kept blocks stay resident until the trim."""
     import ctypes.util
     import subprocess
     import sys
@@ -360,12 +360,9 @@ import ctypes, torch
 from benchmarks.probe import rss_kb
 from trainers.devices import release_freed_host_memory
 ctypes.CDLL("libc.so.6").mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks below 64 MB come from the heap
-keep, blocks = [], []
-for _ in range(200):
-    blocks.append(torch.ones(1 << 18))  # 1 MB each
-    keep.append(torch.ones(16))  # small tensors in between: the heap's top cannot simply shrink
+blocks = [torch.ones(1 << 18) for _ in range(400)]  # 1 MB each
 before = rss_kb("VmRSS")
-del blocks
+del blocks[::2]  # every other one: holes between kept blocks, so the heap's top cannot simply shrink
 freed = rss_kb("VmRSS")
 release_freed_host_memory()
 print(before, freed, rss_kb("VmRSS"))
