@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Callbacks", "OutOfMemory", "ProgressInfo", "TrainOutcome", "Trainer", "train"]
 
 OFFLOAD_DEVICE = "cpu"  # where frozen parts wait while they are not needed
+TRIM_GRADIENT_BYTES = 64 << 20  # CPU runs with more gradient bytes than this trim the heap once a step
 
 
 def train(
@@ -182,6 +183,9 @@ class Trainer:
             if "text_encoder" in self.modules:
                 _te_checkpointing(c.text_encoder, True)
         self.optimizer = self.accel.prepare(make_optimizer(cfg, self.groups, where.device_type))
+        # on the CPU, freed gradients go back to the system once a step when they are big enough to matter
+        grad_bytes = sum(p.numel() * p.element_size() for g in self.groups for p in g["params"] if p.requires_grad)
+        self.trim_heap = self.device.type == "cpu" and grad_bytes >= TRIM_GRADIENT_BYTES
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer.optimizer)
         # Forward passes go through the data-parallel wrappers when there are several processes.
         self.unet_fwd = self.accel.prepare(c.unet) if self.world > 1 and "unet" in self.modules else c.unet
@@ -288,7 +292,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":
+        if self.trim_heap:
             release_freed_host_memory()
         return total, inst, (prior if self.plan.classes is not None or self.base_prior is not None else None)
 
