@@ -11,6 +11,7 @@ Torch is imported inside the functions, so front ends can import this module che
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +89,6 @@ def to_device(tensor, device):
     return tensor.to(device)
 
 
-_LIBC: list[Any] = []
-
-
 def release_freed_host_memory() -> None:
     """Give the pages of freed CPU memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
 
@@ -99,15 +97,17 @@ def release_freed_host_memory() -> None:
     them exactly, so the heap grows by hundreds of MB over the first steps (measured on SD1.5: the second step's
     peak 420 MB above the first's). Trimming once a step, while the gradients are gone, keeps the process's
     resident memory at what its tensors hold."""
-    if not _LIBC:
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
-        except OSError:
-            _LIBC.append(None)
-    trim = _LIBC[0]
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
