@@ -151,11 +151,15 @@ def their_args(s: Setup, p: Pairing, out: Path) -> list[str]:
 
 
 def warm_hash_cache(s: Setup) -> None:
-    """Hash the model once before the runs, as any earlier run would have (our CLI keeps model hashes on disk), so
-    the first measured start-up is not the one-off hashing of a new file."""
+    """Hash the model and compile the pack once before the runs, as any earlier run would have (our CLI keeps model
+    hashes on disk), so the first measured start-up is not the one-off hashing of a new file."""
     code = "import sys; from trainers.model_io import make_model_handle; make_model_handle(sys.argv[1])"
     env = dict(os.environ, PYTHONPATH=str(ROOT), LIKENESS_CACHE=str(s.root / "cache"), OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-c", code, str(s.model)], env=env, cwd=ROOT, check=True, capture_output=True)
+    # Python caches compiled modules as any earlier run would have (unless PYTHONDONTWRITEBYTECODE is set, as on
+    # some CI machines; the installed packages both trainers import come compiled by pip). diffusers' scripts are
+    # compiled on every run, as Python does for any script it is given.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "trainers")], check=True, capture_output=True)
 
 
 def run_probe(s: Setup, who: str, p: Pairing, index: int, counted: bool = False) -> dict:

@@ -1,6 +1,9 @@
 import sys
 
-from .cli import main
-
 if __name__ == "__main__":
+    from . import collector
+
+    collector.pause()  # until the work loop starts: the imports and the model set-up make ~800 000 objects
+    from .cli import main
+
     sys.exit(main())

@@ -110,8 +110,9 @@ def _render_missing(
     pipe, config: ClassImagesConfig, plan: ClassSetPlan, on_image: OnImage | None, stop: Callable[[], bool] | None
 ) -> tuple[int, bool]:
     """Render and save the missing images batch by batch: ``(images made, stopped)``."""
-    from .. import sampling
+    from .. import collector, sampling
 
+    collector.resume()  # a command-line run paused the collector for its set-up (trainers/collector.py)
     embeds = sampling.encode_prompt(pipe, config.class_prompt, config.negative_prompt, config.cfg)
     info = {"device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", "")}
     done, generated = len(plan.present), 0

@@ -600,6 +600,9 @@ def _process_all(
     sources: list[Source], cfg: CropConfig, detector: FaceDetector, staging: Path, progress: ProgressFn | None
 ) -> list[ImageReport]:
     """Crop every source (in parallel threads, bounded), then keep/number/write them in input order."""
+    from .. import collector
+
+    collector.resume()  # a command-line run paused the collector for its set-up (trainers/collector.py)
     local = threading.local()
     fresh = getattr(detector, "fresh", None)
     shared = threading.Lock()

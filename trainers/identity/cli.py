@@ -42,9 +42,11 @@ def picture_files(items: list[str]) -> list[Path]:
 
 def score_files(paths: list[Path], reference) -> list:
     """Score picture files against a reference (faces cached by file content); unreadable files get a reason."""
+    from .. import collector
     from .reference import faces_of
     from .scoring import ImageScore, score_faces
 
+    collector.resume()  # a command-line run paused the collector for its set-up (trainers/collector.py)
     out = []
     for i, path in enumerate(paths):
         try:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, collector
 from ..devices import placement, release_freed_host_memory, to_device
 from ..errors import OutOfMemory, OutputExists, SaveFailed, TrainingDiverged
 from .batches import BatchPlan, has_masks, pixel_masks
@@ -227,6 +227,7 @@ class Trainer:
             ) from e
 
     def train_steps(self) -> None:
+        collector.resume()  # a command-line run paused the collector for its set-up (trainers/collector.py)
         cfg = self.cfg
         self.t_train = time.perf_counter()
         self.first_step = self.step
