@@ -18,25 +18,33 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE
 
 
 def test_resume_does_nothing_where_the_collector_was_not_paused():
-    assert gc.isenabled() and not collector.is_paused()
-    frozen = gc.get_freeze_count()
+    assert not collector.is_paused()
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     collector.resume()
-    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == thresholds and gc.get_freeze_count() == frozen and gc.isenabled()
 
 
-def test_pause_and_resume_freeze_the_set_up_and_keep_a_programs_own_choice():
+def test_pause_holds_back_full_passes_only_and_resume_freezes_the_set_up():
     code = """
-import gc, json
+import gc, json, weakref
 from trainers import collector
-out = {}
+out = {"before": gc.get_threshold()}
 collector.pause()
-out["paused_off"] = not gc.isenabled()
-junk = [object() for _ in range(1000)]
+out["held"] = gc.get_threshold()
+class Node:
+    pass
+node = Node()
+node.me = node  # a cycle that dies young
+gone = weakref.ref(node)
+del node
+junk = [[i] for i in range(200_000)]  # enough allocations for the young collections to run
+out["young_cycle_freed"] = gone() is None
 collector.resume()
-out["on_again"] = gc.isenabled()
+out["after"] = gc.get_threshold()
 out["frozen"] = gc.get_freeze_count()
 gc.disable()  # a program that turned the collector off itself keeps it off
 collector.pause()
+out["not_paused_when_off"] = not collector.is_paused()
 collector.resume()
 out["kept_off"] = not gc.isenabled()
 print(json.dumps(out))
@@ -44,12 +52,15 @@ print(json.dumps(out))
     run = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert out["paused_off"] and out["on_again"] and out["kept_off"]
-    assert out["frozen"] > 1000  # the objects made before the loop are in the permanent generation
+    assert out["held"][:2] == out["before"][:2] and out["held"][2] == collector.HELD_BACK
+    assert out["young_cycle_freed"]
+    assert out["after"] == out["before"] and out["frozen"] > 200_000  # the set-up's objects: never rescanned
+    assert out["not_paused_when_off"] and out["kept_off"]
 
 
 def test_a_command_line_run_trains_with_the_collector_back_on(tiny_checkpoint, tiny_components, tmp_path):
-    """``python -m trainers dreambooth``: the set-up runs with the collector off, the steps with it on."""
+    """``python -m trainers dreambooth``: the set-up runs with the full passes held back, the steps with the
+    collector as it was and the set-up frozen."""
     tok_dir = tmp_path / "tokenizer"
     tiny_components.tokenizer.save_pretrained(tok_dir)
     subject_images(tmp_path / "inst")
@@ -61,13 +72,13 @@ def test_a_command_line_run_trains_with_the_collector_back_on(tiny_checkpoint, t
     code = f"""
 import gc, json, runpy, sys
 from trainers.train import loop
-seen = {{}}
+seen = {{"start": gc.get_threshold()}}
 train_steps, one_step = loop.Trainer.train_steps, loop.Trainer.one_step
 def watch_steps(self):
-    seen["set_up"] = gc.isenabled()
+    seen["set_up"] = gc.get_threshold()
     train_steps(self)
 def watch_step(self, *a, **k):
-    seen["step"] = gc.isenabled()
+    seen["step"] = gc.get_threshold()
     seen["frozen"] = gc.get_freeze_count()
     return one_step(self, *a, **k)
 loop.Trainer.train_steps, loop.Trainer.one_step = watch_steps, watch_step
@@ -82,5 +93,5 @@ print(json.dumps(seen))
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["code"] == 0 and (tmp_path / "out.safetensors").is_file()
-    assert seen["set_up"] is False  # paused from the process's first line to the loop
-    assert seen["step"] is True and seen["frozen"] > 100_000  # torch, diffusers & co. are frozen, not rescanned
+    assert seen["set_up"][2] == collector.HELD_BACK  # held back from the process's first line to the loop
+    assert seen["step"] == seen["start"] and seen["frozen"] > 100_000  # torch, diffusers & co. frozen

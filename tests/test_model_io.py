@@ -252,6 +252,103 @@ def test_diffusers_folder_source(tiny_components, tmp_path):
     assert len(handle.content_hash) == 64
 
 
+def _pipeline_folder(components, folder: Path) -> Path:
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler"):
+        getattr(components, name).save_pretrained(folder / ("scheduler" if name == "noise_scheduler" else name))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
+def _refuse_from_pretrained(monkeypatch):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    def refused(*args, **kwargs):
+        raise AssertionError("from_pretrained was called for a plain folder")
+
+    for cls in (UNet2DConditionModel, AutoencoderKL, CLIPTextModel):
+        monkeypatch.setattr(cls, "from_pretrained", refused)
+
+
+def test_plain_folder_loads_without_from_pretrained_the_same_modules(tiny_components, tmp_path, monkeypatch):
+    """One safetensors file per module: read directly into modules built from the folder's configs (no
+    ``from_pretrained`` set-up), the same weights, dtype cast, and the same text encoder outputs as
+    ``from_pretrained`` gives; a saved ``position_ids`` buffer is accepted."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = _pipeline_folder(tiny_components, tmp_path / "pipe")
+    te_file = folder / "text_encoder" / "model.safetensors"
+    with_buffer = {**load_file(te_file), "text_model.embeddings.position_ids": torch.arange(77)[None]}
+    save_file(with_buffer, str(te_file), metadata={"format": "pt"})
+    reference_te = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval()
+    reference_unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+    _refuse_from_pretrained(monkeypatch)
+    comps = load_components(folder)
+    for name in ("unet", "vae", "text_encoder"):
+        _same_module(getattr(comps, name), getattr(tiny_components, name).state_dict())
+        module = getattr(comps, name)
+        assert not module.training and not any(p.requires_grad for p in module.parameters())
+    public = lambda config: {k: v for k, v in dict(config).items() if not k.startswith("_")}  # noqa: E731
+    assert public(comps.unet.config) == public(reference_unet.config)
+    ids = comps.tokenizer(["a photo of sks shape"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(comps.text_encoder(ids)[0], reference_te(ids)[0])
+    half = load_components(folder, dtype=torch.float16)
+    _same_module(half.unet, tiny_components.unet.state_dict(), cast=torch.float16)
+    assert half.text_encoder.dtype == torch.float16 and half.vae.dtype == torch.float16
+
+
+def test_other_folder_layouts_go_through_from_pretrained(tiny_components, tmp_path, monkeypatch):
+    """A layout that is not one plain file per module (here a UNet saved in shards, a VAE with the attention names
+    of old diffusers folders) loads through ``from_pretrained``, which converts it; weights that do not fit the
+    folder's config.json are an error naming the file."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = _pipeline_folder(tiny_components, tmp_path / "pipe")
+    for q in (folder / "unet").glob("*.safetensors"):
+        q.unlink()
+    tiny_components.unet.save_pretrained(folder / "unet", max_shard_size="20KB")
+    assert len(list((folder / "unet").glob("*.safetensors"))) > 1
+    calls = []
+    real = UNet2DConditionModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        calls.append(args[0])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(counted))
+    comps = load_components(folder)
+    assert calls and Path(calls[0]) == folder / "unet"
+    _same_module(comps.unet, tiny_components.unet.state_dict())
+
+    plain = _pipeline_folder(tiny_components, tmp_path / "old_vae")
+    vae_file = plain / "vae" / "diffusion_pytorch_model.safetensors"
+    old_names = {"to_q.": "query.", "to_k.": "key.", "to_v.": "value.", "to_out.0.": "proj_attn."}
+    renamed = {}
+    for key, tensor in load_file(vae_file).items():
+        for new, old in old_names.items():
+            key = key.replace("attentions.0." + new, "attentions.0." + old)
+        renamed[key] = tensor
+    save_file(renamed, str(vae_file), metadata={"format": "pt"})
+    vae_calls = []
+    real_vae = AutoencoderKL.from_pretrained.__func__
+    monkeypatch.setattr(
+        AutoencoderKL,
+        "from_pretrained",
+        classmethod(lambda cls, *a, **k: vae_calls.append(a) or real_vae(cls, *a, **k)),
+    )
+    _same_module(load_components(plain).vae, tiny_components.vae.state_dict())
+    assert vae_calls
+
+    bad = _pipeline_folder(tiny_components, tmp_path / "bad")
+    config = json.loads((bad / "unet" / "config.json").read_text())
+    config["cross_attention_dim"] = config["cross_attention_dim"] * 2
+    (bad / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"unet.diffusion_pytorch_model\.safetensors.*config\.json"):
+        load_components(bad)
+
+
 def test_single_file_without_tokenizer_is_a_clear_error(tiny_checkpoint):
     with pytest.raises(ConfigError, match="tokenizer"):
         load_components(tiny_checkpoint)
