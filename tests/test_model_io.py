@@ -70,6 +70,46 @@ def test_round_trip_through_diffusers_folder_is_bit_exact(tiny_checkpoint, tiny_
     _same_tensors(load_file(tiny_checkpoint), load_file(out))
 
 
+def test_an_export_removes_what_a_killed_export_of_that_folder_left_and_nothing_else(tiny_components, tmp_path):
+    """A killed diffusers export leaves ``.NAME.XXXXXXXX.partial`` beside NAME. The next export of NAME removes such
+    a folder once nothing in it was touched for 15 minutes and it holds only an export's files; a recent one (an
+    export in progress), one holding anything else, a link, or another folder's are left alone."""
+    import os
+    import time
+
+    from trainers.fsutil import STALE_AFTER_S
+    from trainers.model_io.export import EXPORT_SUFFIX, save_diffusers_folder
+
+    def staged(name: str, extra: str | None = None, age: float = STALE_AFTER_S + 60) -> Path:
+        d = tmp_path / name
+        (d / "unet").mkdir(parents=True)
+        (d / "unet" / "config.json").write_text("{}")
+        (d / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 100)
+        (d / "model_index.json").write_text("{}")
+        if extra:
+            (d / extra).write_text("user data")
+        old = time.time() - age
+        for f in [*d.rglob("*"), d]:
+            os.utime(f, (old, old))
+        return d
+
+    killed = staged(f".model.abcd1234{EXPORT_SUFFIX}")
+    in_progress = staged(f".model.efgh5678{EXPORT_SUFFIX}", age=60)
+    foreign = staged(f".model.ijkl9012{EXPORT_SUFFIX}", extra="notes.txt")
+    other = staged(f".other.mnop3456{EXPORT_SUFFIX}")
+    target = tmp_path / "elsewhere"
+    staged("elsewhere")
+    link = tmp_path / f".model.qrst7890{EXPORT_SUFFIX}"
+    link.symlink_to(target, target_is_directory=True)
+    save_diffusers_folder(tiny_components, tmp_path / "model", dtype="fp32")
+    assert not killed.exists()
+    assert in_progress.is_dir() and foreign.is_dir() and other.is_dir()
+    assert (foreign / "notes.txt").read_text() == "user data" and (foreign / "unet" / "config.json").is_file()
+    assert link.is_symlink() and (target / "unet" / "config.json").is_file()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+    assert sorted(leftovers) == sorted([in_progress.name, foreign.name, link.name])  # its own staging is renamed
+
+
 def test_export_is_ldm_layout_with_position_ids(ldm, tiny_components):
     prefixes = {k.split(".")[0] for k in ldm}
     assert prefixes == {"model", "first_stage_model", "cond_stage_model"}

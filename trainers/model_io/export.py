@@ -6,6 +6,7 @@ tensor of the original file bit for bit (at the same dtype).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -182,7 +183,9 @@ def save_diffusers_folder(
             "replaced; move it away or choose another output name"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for stale in stale_exports(dest):  # what a killed export of this folder left beside it
+        _remove_export(stale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=EXPORT_SUFFIX, dir=dest.parent))
     torch_dtype = _torch_dtype(dtype)
     try:
         for name in ("unet", "vae", "text_encoder"):
@@ -212,6 +215,64 @@ def save_diffusers_folder(
 
 
 _DIFFUSERS_PARTS = {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"}
+EXPORT_SUFFIX = ".partial"  # a folder being built: .NAME.XXXXXXXX.partial beside NAME (mkdtemp's 8 characters)
+
+
+def stale_exports(dest: Path) -> list[Path]:
+    """Unfinished exports of ``dest`` left beside it by a killed run: our own name pattern, a real folder holding
+    only what an export writes (:func:`_export_files`), nothing in it touched for ``STALE_AFTER_S`` (so an export
+    in progress, even a slow one, is never hit)."""
+    import re
+    import time
+
+    from ..fsutil import STALE_AFTER_S
+
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.[A-Za-z0-9_]{{8}}{re.escape(EXPORT_SUFFIX)}$")
+    out = []
+    if not dest.parent.is_dir():
+        return out
+    for p in dest.parent.iterdir():
+        if not pattern.match(p.name) or p.is_symlink() or not p.is_dir():
+            continue
+        files = _export_files(p)
+        with contextlib.suppress(OSError):
+            newest = max([p.stat().st_mtime, *(f.stat().st_mtime for f in files or [])])
+            if files is not None and time.time() - newest >= STALE_AFTER_S:
+                out.append(p)
+    return out
+
+
+def _export_files(folder: Path) -> list[Path] | None:
+    """The files of an export's staging folder, or None when it holds anything an export does not write: names
+    other than a diffusers folder's parts, links, folders inside the parts."""
+    files = []
+    try:
+        for part in folder.iterdir():
+            if part.name not in _DIFFUSERS_PARTS or part.is_symlink():
+                return None
+            if part.is_file():
+                files.append(part)
+                continue
+            for f in part.iterdir():
+                if f.is_symlink() or not f.is_file():
+                    return None
+                files.append(f)
+    except OSError:
+        return None
+    return files
+
+
+def _remove_export(folder: Path) -> None:
+    """Delete a stale export's files, then its folders (left in place if anything else appeared meanwhile)."""
+    for f in _export_files(folder) or []:
+        with contextlib.suppress(OSError):
+            f.unlink()
+    parts: list[Path] = []
+    with contextlib.suppress(OSError):
+        parts = [q for q in folder.iterdir() if q.is_dir() and not q.is_symlink()]
+    for part in [*parts, folder]:
+        with contextlib.suppress(OSError):
+            part.rmdir()
 
 
 def _is_diffusers_export(folder: Path) -> bool:
