@@ -391,18 +391,55 @@ def apply_lora_for_host(
 ) -> tuple[Any, Any, list[str]]:
     """Patch a host MODEL/CLIP with a LoRA state dict through ComfyUI's own LoRA code (what core LoraLoader does).
 
-    Returns the patched clones and the LoRA keys the host could not map (logged by the host as "lora key not
-    loaded"); the inputs are never modified. ``clip`` may be None (model only).
+    DoRA layers are the exception: their change is computed here from the host's own base weight, as training
+    computed it (``LoraWeights.update``), and added as a plain weight difference at the given strength, because
+    hosts disagree on ``dora_scale`` (the 2024-03 release ignores it and applies the LoRA part alone; releases to
+    0.3.64 at least normalise by the base weight's norm). Returns the patched clones and the LoRA keys that did not
+    land (the host's "lora key not loaded" lines, and DoRA layers no weight of this model answers to); the inputs
+    are never modified. ``clip`` may be None (model only).
     """
     import comfy.sd
 
+    from ..trainers.lora.kohya import split_dora
+
+    plain, dora = split_dora(lora_sd)
     catcher = _LoraKeyLog()
     root = logging.getLogger()
     root.addHandler(catcher)
     try:
         new_model, new_clip = comfy.sd.load_lora_for_models(
-            model, clip, lora_sd, float(strength_model), float(strength_clip)
+            model, clip, plain, float(strength_model), float(strength_clip)
         )
     finally:
         root.removeHandler(catcher)
-    return new_model, new_clip, catcher.keys
+    lost = catcher.keys
+    if dora:
+        lost += _add_dora_differences(new_model, new_clip, dora, float(strength_model), float(strength_clip))
+    return new_model, new_clip, lost
+
+
+def _add_dora_differences(model: Any, clip: Any, layers: dict[str, Any], strength_model: float, strength_clip: float):
+    """Add each DoRA layer's full change to the patched clones as a "diff" patch (every host since 2023 has
+    that patch type); returns the layers no weight answers to (named like the host's own "not loaded" lines)."""
+    import comfy.lora
+
+    targets = []  # (patcher, its weights by name, kohya name -> weight name, strength)
+    if model is not None:
+        targets.append(
+            (model, model.model_state_dict(), comfy.lora.model_lora_keys_unet(model.model, {}), strength_model)
+        )
+    if clip is not None:
+        keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+        targets.append((clip, clip.patcher.model_state_dict(), keys, strength_clip))
+    lost = []
+    for name, layer in layers.items():
+        for patcher, weights, keys, strength in targets:
+            key = keys.get(name)
+            if isinstance(key, str) and key in weights:
+                base = weights[key]
+                change = layer.update(base.detach().float().cpu()).to(base.dtype)
+                patcher.add_patches({key: (change,)}, strength)
+                break
+        else:
+            lost.append(f"{name}.dora_scale")
+    return lost

@@ -149,6 +149,63 @@ def test_lycoris_files_load_in_the_core_lora_loader(host, trained, tmp_path):
     print(f"{host.install.label}: {report}")
 
 
+APPLY_NODE_PATCHES = r"""
+import io, json, logging, sys, types
+comfy_dir, pack, ckpt, lora_path = sys.argv[1:5]
+sys.path.insert(0, comfy_dir)
+logging.basicConfig(stream=io.StringIO(), level=logging.INFO, force=True)
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+torch.set_grad_enabled(False)
+import comfy.sd, comfy.utils
+for name, folder in (("likeness", pack), ("likeness.nodes", pack + "/nodes")):  # the bridge without the node table
+    module = types.ModuleType(name)
+    module.__path__ = [folder]
+    sys.modules[name] = module
+from likeness.nodes import bridge
+model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+def changes(patcher):
+    sd = patcher.model_state_dict()
+    return [float((patcher.calculate_weight(p, sd[k].float().clone(), k).float() - sd[k].float()).norm())
+            for k, p in patcher.patches.items()]
+out = {}
+for strength in (1.0, 0.5):
+    m2, c2, lost = bridge.apply_lora_for_host(model, clip, lora, strength, strength)
+    out[str(strength)] = {"changes": changes(m2) + changes(c2.patcher), "lost": lost}
+print(json.dumps(out))
+"""
+
+
+def test_the_apply_node_lands_dora_as_trained_on_this_host(host, trained, tmp_path):
+    """Likeness Apply Trained Model computes each DoRA layer's change from the host's own base weight, as training
+    did, and adds it as a weight difference: on every host (the 2024-03 release, which ignores ``dora_scale``, too)
+    every layer lands, each change is ours to float precision, and strength scales it."""
+    import json
+    import subprocess
+
+    from conftest import ROOT
+
+    script = tmp_path / "apply_patches.py"
+    script.write_text(APPLY_NODE_PATCHES)
+    ckpt = (host.checkpoints_dir / BASE).resolve()
+    run = subprocess.run(
+        [str(host.install.python), str(script), str(host.install.comfy_dir), str(ROOT), str(ckpt),
+         str(trained["lorav_dora"])], cwd=str(host.install.comfy_dir), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    layers, bases, n = _ours(host, trained["lorav_dora"])
+    want = sorted(float(w.update(bases[k]).norm()) for k, w in layers.items())
+    assert len(want) == n["unet"] + n["clip"]
+    for strength in (1.0, 0.5):
+        seen = got[str(strength)]
+        assert seen["lost"] == [], seen["lost"][:3]
+        np.testing.assert_allclose(sorted(seen["changes"]), np.array(want) * strength, rtol=2e-3, atol=1e-6)
+
+
 def _sample_graph(loras: dict[str, Path]) -> dict:
     """Core nodes only: the base image, and each LoRA at strength 1 and 0 (LoraLoader -> KSampler -> SaveImage)."""
     graph = {

@@ -433,3 +433,29 @@ def test_weights_classes_describe_themselves():
     assert (k.rank, k.scale, k.delta().shape) == (1, 3.0, (4, 4))
     with pytest.raises(ValueError, match="either lokr_w2"):
         LokrWeights(torch.ones(2, 2), 1.0)
+
+
+def test_split_dora_takes_out_the_dora_layers_and_leaves_everything_else_as_it_was():
+    """What the Apply node computes itself (kohya DoRA layers, as ``LoraWeights``) and what it hands to the host
+    unchanged: plain LoRA and LoHa layers, keys of other formats, a DoRA layer that does not read as one."""
+    from trainers.lora.kohya import split_dora
+
+    g = torch.Generator().manual_seed(0)
+    t = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    dora = {"lora_unet_a.lora_down.weight": t(2, 8), "lora_unet_a.lora_up.weight": t(6, 2),
+            "lora_unet_a.alpha": torch.tensor(1.0), "lora_unet_a.dora_scale": t(6, 1)}  # fmt: skip
+    rest = {
+        "lora_unet_b.lora_down.weight": t(2, 8), "lora_unet_b.lora_up.weight": t(6, 2),  # plain LoRA
+        "lora_te_c.hada_w1_a": t(6, 2), "lora_te_c.hada_w1_b": t(2, 8), "lora_te_c.hada_w2_a": t(6, 2),
+        "lora_te_c.hada_w2_b": t(2, 8),  # LoHa
+        "unet.down_blocks.0.attn.to_q.lora_A.weight": t(2, 8),  # another format: the host's to judge
+        "lora_unet_d.lora_down.weight": t(2, 8), "lora_unet_d.lora_up.weight": t(6, 2),
+        "lora_unet_d.dora_scale": t(5, 1),  # a magnitude for the wrong number of channels
+    }  # fmt: skip
+    plain, layers = split_dora({**dora, **rest})
+    assert set(layers) == {"lora_unet_a"} and set(plain) == set(rest)
+    assert all(plain[k] is v for k, v in rest.items())
+    base = t(6, 8)
+    merged = base + dora["lora_unet_a.lora_up.weight"] @ dora["lora_unet_a.lora_down.weight"] * 0.5
+    want = merged * dora["lora_unet_a.dora_scale"] / merged.norm(dim=1, keepdim=True) - base
+    torch.testing.assert_close(layers["lora_unet_a"].update(base), want)

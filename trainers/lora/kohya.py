@@ -377,6 +377,33 @@ def read_kohya(path: str | Path) -> KohyaFile:
     return KohyaFile(layers=layers, metadata=metadata)
 
 
+def split_dora(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, LoraWeights]]:
+    """A LoRA file's tensors as (everything but the kohya DoRA layers, unchanged; the DoRA layers by kohya layer
+    name). A DoRA layer's change depends on the base weight it lands on, and hosts apply a ``dora_scale``
+    differently (the 2024-03 ComfyUI ignores it and applies the LoRA part alone; later releases divided by the base
+    weight's norm instead of the merged one's), so a front end computes that change itself with
+    :meth:`LoraWeights.update` (what training used) and hands the rest to the host. Keys of any other format, and
+    DoRA layers that do not read as one, are left in the first part for the host to judge."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        name, _, suffix = key.partition(".")
+        groups.setdefault(name, {})[suffix] = t
+    plain: dict[str, torch.Tensor] = {}
+    dora: dict[str, LoraWeights] = {}
+    for name, group in groups.items():
+        layer = None
+        if "dora_scale" in group and set(group) <= {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"}:
+            try:
+                layer = from_file_group(group)
+            except ValueError:
+                layer = None
+        if isinstance(layer, LoraWeights) and layer.dora:
+            dora[name] = layer
+        else:
+            plain.update({f"{name}.{suffix}" if suffix else name: t for suffix, t in group.items()})
+    return plain, dora
+
+
 _PEFT_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector", "lora_embedding_A",
                "lora_embedding_B"}  # fmt: skip
 
