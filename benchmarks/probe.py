@@ -110,7 +110,14 @@ def count_new_tensors():
     from trainers.train.memtrace import LiveBytes
 
     count = LiveBytes()
+    # gc.get_objects() leaves out the permanent generation, where our CLI froze its set-up (trainers/collector.py):
+    # thaw it for the look (and freeze again: only the counted run, whose times are not used, is affected)
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
     count.ignore([t for t in gc.get_objects() if isinstance(t, torch.Tensor) and not t.is_meta])
+    if frozen:
+        gc.freeze()
     count.__enter__()  # left on until the process ends (the result is written at forward STEPS + 1)
     return count
 
