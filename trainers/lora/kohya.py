@@ -24,6 +24,7 @@ with ``lora_adapter_metadata``), for plain LoRA and DoRA (what diffusers' ``load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -393,10 +394,8 @@ def split_dora(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     for name, group in groups.items():
         layer = None
         if "dora_scale" in group and set(group) <= {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"}:
-            try:
+            with contextlib.suppress(ValueError):
                 layer = from_file_group(group)
-            except ValueError:
-                layer = None
         if isinstance(layer, LoraWeights) and layer.dora:
             dora[name] = layer
         else:

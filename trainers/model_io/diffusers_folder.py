@@ -81,7 +81,7 @@ def _matching_keys(module: Any, tensors: dict[str, Any]) -> dict[str, Any] | Non
     return out if set(out) == expected else None
 
 
-def _load_plain(folder: Path, files: dict[str, Path], dtype) -> tuple[Any, Any, Any] | None:
+def _load_plain(files: dict[str, Path], dtype) -> tuple[Any, Any, Any] | None:
     """The three modules of a plain folder, built from its configs on the meta device and given the weights read
     straight from its safetensors files (one tensor at a time, cast to ``dtype``), or None when a file's names are
     not the modules' own (then ``from_pretrained`` converts them). The same tensors ``from_pretrained`` would
@@ -120,7 +120,7 @@ def load_folder(folder: Path, dtype) -> tuple[Any, Any, Any, Any, dict[str, Any]
     _check_diffusers_sd1(folder, unet_cfg)
     files = _plain_files(folder)
     try:
-        modules = _load_plain(folder, files, dtype) if files else None
+        modules = _load_plain(files, dtype) if files else None
     except CheckpointError:
         raise
     except (OSError, ValueError, TypeError) as e:
