@@ -73,6 +73,9 @@ class EMAHook(Hook):
         self.shadow = {k: v.float().to(where) for k, v in self.shadow.items()}
         self.updated_at = trainer.step
 
+    def reads_model(self, trainer) -> bool:  # noqa: ARG002 - the Hook interface
+        return False  # it follows the weights; a diverged step is caught before the shadow is used or saved
+
     def after_step(self, trainer) -> None:
         import torch
 

@@ -202,11 +202,13 @@ class EvaluationHook(Hook):
             self.evaluate(trainer)
 
     def after_step(self, trainer) -> None:
-        if self.off or self.baseline is None:
-            return
-        every = self.cfg.eval_every
-        if trainer.step % every == 0 or trainer.step == self.cfg.steps:
+        if self.reads_model(trainer):
             self.evaluate(trainer)
+
+    def reads_model(self, trainer) -> bool:
+        if self.off or self.baseline is None:
+            return False
+        return trainer.step % self.cfg.eval_every == 0 or trainer.step == self.cfg.steps
 
     def stop_reason(self, trainer) -> str | None:
         patience = self.cfg.early_stop_patience

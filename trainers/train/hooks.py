@@ -4,7 +4,10 @@ The loop calls every hook of a run at fixed points, in order:
 
 1. ``start(trainer)`` — once, after setup and after a resumable state was loaded (``trainer.step`` is where the run
    starts);
-2. ``after_step(trainer)`` — after each optimizer step and its progress report (``trainer.step`` counts it);
+2. ``after_step(trainer)`` — after each optimizer step (``trainer.step`` counts it). On a GPU the loop reads a
+   step's losses during the next step (``Trainer.settle``); a hook whose ``reads_model(trainer)`` is true for this
+   step (the default) gets it checked first (finite, reported), one that only follows the weights (the EMA) says
+   False and costs the GPU no wait;
 3. ``stop_reason(trainer)`` — after each step: a text ends training early (e.g. early stopping) and the run is then
    finished and saved as usual; ``None`` goes on;
 4. ``before_save(trainer)`` — before the result is written: a hook may put other weights in place (the best
@@ -33,6 +36,10 @@ class Hook:
 
     def after_step(self, trainer) -> None:
         pass
+
+    def reads_model(self, trainer) -> bool:  # noqa: ARG002 - the Hook interface
+        """Whether ``after_step`` of this step evaluates, shows or saves the model (then its step is checked first)."""
+        return True
 
     def stop_reason(self, trainer) -> str | None:
         return None

@@ -7,6 +7,7 @@ touched), then :class:`Trainer` runs::
                 (and the frozen text encoder) then leave the training device until samples need them
     training -> for each step: [stop?] -> micro-batches (subject + class halves) -> loss -> backward
                 -> clip -> optimizer/lr step -> progress callback -> samples / resumable state every N steps
+                (on a GPU a step's losses are read and reported during the next step: :meth:`Trainer.settle`)
     saving   -> the strategy writes the result atomically, with metadata
     sampling -> a last set of sample images
 
@@ -139,6 +140,9 @@ class Trainer:
         self.extra_metadata: dict[str, str] = {}  # what hooks add to the result's metadata
         self.stopped_early: str | None = None  # why a hook ended training before ``steps``
         self.stop_agreed = False  # several processes: some process asked to stop (see ``stop_requested``)
+        self.defer_numbers = False  # read a step's numbers during the next step (on a GPU: see ``settle``)
+        self.pending: StepNumbers | None = None  # a finished step whose numbers are not read yet
+        self.smoothed = _Smoother()
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -151,6 +155,7 @@ class Trainer:
         where = placement(cfg.device, compute_precision(cfg))
         self.accel = make_accelerator(where.precision, where.device_type)
         self.device = self.accel.device
+        self.defer_numbers = self.device.type == "cuda"
         self.rank, self.world = self.accel.process_index, self.accel.num_processes
         if not self.accel.is_main_process:
             self.cb = Callbacks()  # progress, samples and status come from the main process only
@@ -231,21 +236,20 @@ class Trainer:
         cfg = self.cfg
         self.t_train = time.perf_counter()
         self.first_step = self.step
-        smoothed = _Smoother()
+        self.smoothed = _Smoother()
         for value in self.losses:
-            smoothed.add(value)
+            self.smoothed.add(value)
         while self.step < cfg.steps:
             if self.stop_requested():
+                self.settle()
                 self.cb.on_status(f"stop requested at step {self.step}")
                 return
             self.update_text_encoder_phase()
-            loss, inst, prior = self.one_step()
+            numbers = self.one_step()
             self.step += 1
-            self.losses.append(loss)
-            self.losses_instance.append(inst)
-            if prior is not None:
-                self.losses_prior.append(prior)
-            self.report(loss, smoothed.add(loss), inst, prior)
+            self.settle(numbers)
+            if self.model_read_after_step():
+                self.settle()
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
                 self.make_samples()
             for hook in self.hooks:
@@ -254,17 +258,31 @@ class Trainer:
                 self.save_state()
             reasons = [r for r in (hook.stop_reason(self) for hook in self.hooks) if r]
             if reasons:
+                self.settle()
                 self.stopped_early = "; ".join(reasons)
                 self.cb.on_status(f"training ends at step {self.step}: {self.stopped_early}")
                 return
+        self.settle()
 
-    def one_step(self) -> tuple[float, float, float | None]:
-        """One optimizer step over ``gradient_accumulation`` micro-batches. Returns (loss, subject, prior)."""
+    def model_read_after_step(self) -> bool:
+        """Whether something reads or writes the model after this step (samples, a resumable state, a hook that
+        evaluates, the end): the step's numbers are checked first, so nothing diverged is ever shown or saved."""
+        cfg, step = self.cfg, self.step
+        return (
+            step >= cfg.steps
+            or bool(cfg.sample_every and step % cfg.sample_every == 0)
+            or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            or any(hook.reads_model(self) for hook in self.hooks)
+        )
+
+    def one_step(self) -> StepNumbers:
+        """One optimizer step over ``gradient_accumulation`` micro-batches. Returns the step's numbers (losses,
+        gradient norm) still on the device: nothing here waits for the device (see :meth:`settle`)."""
         import torch
 
         cfg = self.cfg
         accum = cfg.gradient_accumulation
-        sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device, read once per step
+        sums = torch.zeros(3, device=self.device)  # total, subject, prior: summed on the device
         for micro in range(accum):
             latents, captions, masks, gens = self.batch(micro)
             if self.base_prior is not None:
@@ -289,31 +307,70 @@ class Trainer:
         if cfg.max_grad_norm:
             params = [p for g in self.groups for p in g["params"] if p.requires_grad]
             norm = self.accel.clip_grad_norm_(params, cfg.max_grad_norm)
-        total, inst, prior = self.check_finite(sums, norm)
+        numbers = self.step_numbers(sums, norm)
+        if not self.defer_numbers:
+            self.check(numbers)  # read now: a non-finite step is never applied
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.trim_heap:
             release_freed_host_memory()
-        return total, inst, (prior if self.plan.classes is not None or self.base_prior is not None else None)
+        return numbers
 
-    def check_finite(self, sums, norm) -> tuple[float, float, float]:
-        """The step's losses as numbers (the one device sync of a step); a non-finite loss, or gradient norm without
-        fp16 loss scaling (which skips such steps itself), stops the run before the optimizer applies it."""
+    def step_numbers(self, sums, norm) -> StepNumbers:
+        """The step's numbers as one device tensor (with several processes averaged over them, this process's stop
+        flag summed in last: the step's one reduction), its copy to the host started."""
         import torch
 
         values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
-        numbers = self.gather_numbers(values)
-        bad_norm = norm is not None and self.accel.scaler is None and not math.isfinite(numbers[3])
-        if not all(math.isfinite(x) for x in numbers[:3]) or bad_norm:
-            what = "the gradient norm" if all(math.isfinite(x) for x in numbers[:3]) else "the loss"
+        if self.world > 1:
+            flag = torch.tensor([float(bool(self.stop()))], device=self.device)
+            values = self.accel.reduce(torch.cat([values.float() / self.world, flag]), reduction="sum")
+        return StepNumbers(self.step + 1, values, norm is not None)
+
+    def settle(self, numbers: StepNumbers | None = None) -> None:
+        """Record and report finished steps; where the training loop waits for the device. On the CPU a step's
+        numbers were read and checked in :meth:`one_step`, before the optimizer applied the step. On a GPU
+        (``defer_numbers``) ``settle(numbers)`` keeps them pending and takes the step before, so they are read while
+        the next step runs and the GPU never waits for Python; a non-finite step then stops the run one step later,
+        and :meth:`model_read_after_step` settles first whenever the model is sampled, evaluated or saved.
+        ``settle()`` takes what is pending."""
+        if numbers is not None and self.defer_numbers:
+            numbers, self.pending = self.pending, numbers
+        elif numbers is None:
+            numbers, self.pending = self.pending, None
+        if numbers is None:
+            return
+        total, inst, prior = self.check(numbers)
+        if self.plan.classes is None and self.base_prior is None:
+            prior = None
+        self.losses.append(total)
+        self.losses_instance.append(inst)
+        if prior is not None:
+            self.losses_prior.append(prior)
+        self.report(numbers.step, total, self.smoothed.add(total), inst, prior)
+
+    def check(self, numbers: StepNumbers) -> list[float]:
+        """A step's losses as floats (read once). A non-finite loss, or gradient norm without fp16 loss scaling
+        (which skips such steps itself), stops the run: nothing is saved."""
+        if numbers.losses is not None:
+            return numbers.losses
+        values = numbers.read()
+        if self.world > 1:
+            self.stop_agreed = self.stop_agreed or values[-1] > 0
+            values = values[:-1]
+        losses = values[:3]
+        bad_norm = numbers.has_norm and self.accel.scaler is None and not math.isfinite(values[3])
+        if not all(math.isfinite(x) for x in losses) or bad_norm:
+            what = "the gradient norm" if all(math.isfinite(x) for x in losses) else "the loss"
             raise TrainingDiverged(
-                f"{what} became {'NaN' if any(math.isnan(x) for x in numbers) else 'infinite'} at step "
-                f"{self.step + 1}: training diverged, so nothing was saved (resumable states written before stay). "
+                f"{what} became {'NaN' if any(math.isnan(x) for x in values) else 'infinite'} at step "
+                f"{numbers.step}: training diverged, so nothing was saved (resumable states written before stay). "
                 f"Lower learning_rate (now {self.cfg.learning_rate:g}), keep max_grad_norm on, or use "
                 "mixed_precision=fp32/bf16"
             )
-        return numbers[0], numbers[1], numbers[2]
+        numbers.losses = losses
+        return losses
 
     def batch(self, micro: int) -> tuple[Any, list[str], Any, list[Any]]:
         """Subject samples then class samples (the same count, the same bucket) for this step, micro-batch and
@@ -350,25 +407,16 @@ class Trainer:
 
     def stop_requested(self, agree: bool = False) -> bool:
         """The stop flag. Several processes stop at the same step: each step's one reduction carries every
-        process's flag (:meth:`gather_numbers`), and ``agree`` asks all of them now (outside the hot loop)."""
-        if self.world == 1:
-            return bool(self.stop())
-        if agree:
-            self.stop_agreed = self.stop_agreed or self.gather_numbers(None)[-1] > 0
-        return self.stop_agreed
-
-    def gather_numbers(self, values) -> list[float]:
-        """``values`` (a device tensor) as numbers: the step's one device sync. With several processes the values
-        are averaged over them (losses of the global batch) and this process's stop flag is summed in last."""
+        process's flag (:meth:`step_numbers`, read in :meth:`check`), and ``agree`` asks all of them now (outside
+        the hot loop)."""
         import torch
 
         if self.world == 1:
-            return values.tolist()
-        flag = torch.tensor([float(bool(self.stop()))], device=self.device)
-        both = flag if values is None else torch.cat([values.float() / self.world, flag])
-        numbers = self.accel.reduce(both, reduction="sum").tolist()
-        self.stop_agreed = self.stop_agreed or numbers[-1] > 0
-        return numbers
+            return bool(self.stop())
+        if agree:
+            flag = torch.tensor([float(bool(self.stop()))], device=self.device)
+            self.stop_agreed = self.stop_agreed or self.accel.reduce(flag, reduction="sum").tolist()[0] > 0
+        return self.stop_agreed
 
     def pixel_weights(self, masks, pred):
         """Per-pixel loss weights for the whole batch from the subject masks (1 for every class sample), or None."""
@@ -378,7 +426,7 @@ class Trainer:
             return None
         subject = mask_weights(masks, tuple(pred.shape[-2:]), self.cfg.mask_floor)
         rest = torch.ones((pred.shape[0] - subject.shape[0], *subject.shape[1:]), dtype=subject.dtype)
-        return torch.cat([subject, rest]).to(pred.device)
+        return to_device(torch.cat([subject, rest]), pred.device)
 
     # -- VAE and text encoder ------------------------------------------------------------------------------------
 
@@ -495,18 +543,18 @@ class Trainer:
             step=self.step, total=self.cfg.steps, phase=phase, elapsed=time.perf_counter() - self.t_start
         )
 
-    def report(self, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
+    def report(self, step: int, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
         now = time.perf_counter()
-        rate = (self.step - self.first_step) / max(now - self.t_train, 1e-9)
+        rate = (step - self.first_step) / max(now - self.t_train, 1e-9)
         info = ProgressInfo(
-            step=self.step,
+            step=step,
             total=self.cfg.steps,
             phase="training",
             loss=loss,
             loss_smoothed=smoothed,
             lr=self.lr_scheduler.get_last_lr()[0],
             elapsed=now - self.t_start,
-            eta=(self.cfg.steps - self.step) / rate if rate > 0 else None,
+            eta=(self.cfg.steps - step) / rate if rate > 0 else None,
             it_s=rate,
             loss_instance=inst,
             loss_prior=prior,
@@ -730,6 +778,31 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+class StepNumbers:
+    """One optimizer step's numbers while they are on the device: total, subject and prior loss, the gradient norm
+    (when clipped) and, with several processes, the summed stop flag. From a GPU they are copied to pinned host
+    memory without waiting; :meth:`read` waits for that copy alone."""
+
+    def __init__(self, step: int, values, has_norm: bool):
+        import torch
+
+        self.step, self.has_norm = step, has_norm
+        self.losses: list[float] | None = None  # total, subject, prior once read and checked (``Trainer.check``)
+        self.event = None
+        if values.device.type == "cuda":
+            self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.values.copy_(values, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.values = values
+
+    def read(self) -> list[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values.tolist()
 
 
 class _Smoother:

@@ -60,8 +60,11 @@ class ValidationHook(Hook):
             self.evaluate(trainer)
 
     def after_step(self, trainer) -> None:
-        if trainer.step % self.every == 0 or trainer.step == trainer.cfg.steps:
+        if self.reads_model(trainer):
             self.evaluate(trainer)
+
+    def reads_model(self, trainer) -> bool:
+        return trainer.step % self.every == 0 or trainer.step == trainer.cfg.steps
 
     def evaluate(self, trainer) -> float:
         with eval_mode(trainer):
