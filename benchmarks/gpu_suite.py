@@ -10,7 +10,9 @@ ours and through diffusers' ``train_dreambooth.py`` / ``train_dreambooth_lora.py
 ``DIFFUSERS_EXAMPLES`` or ``--diffusers``, never part of this repository), plus our low-memory rows (bf16 weights
 with stochastic rounding and the optimizer step in backward). Each run is a fresh process measured by
 ``benchmarks/probe.py``: steps/s (median, first step left out), peak VRAM (``torch.cuda.max_memory_allocated``) and
-model FLOPs utilisation: the UNet's (and trained text encoder's) forward FLOPs counted once on the meta device
+synchronising operations per step (each makes the host wait until the GPU's queue is empty: ``.item()``, a
+blocking copy; counted with torch's sync debug mode, which does not see our loop's one wait per step, for the
+previous step's losses, when the next step is queued already) and model FLOPs utilisation: the UNet's (and trained text encoder's) forward FLOPs counted once on the meta device
 (``torch.utils.flop_counter``), times 3 for forward + backward of trained weights (2 for LoRA's frozen base, which
 needs no weight gradients), over the step time and the GPU's dense bf16/fp16 peak (``--peak-tflops`` for a GPU not in
 the table). About 7 minutes on one H100-class GPU.
@@ -92,15 +94,18 @@ def rows_for(setup: sbs.Setup, key: str, batch: int, peak: float | None, kind: s
 
     def cells(rows):
         if not rows:
-            return ["-", "-", "-"]
+            return ["-", "-", "-", "-"]
         step = sbs.median(rows, "step_s")
         mfu = f"{100 * flops / step / peak:.0f}%" if peak and step else "-"
-        return [f"{1 / step:.2f}", f"{sbs.median(rows, mem) / 1024:.1f}", mfu]
+        waits = [r["syncs_per_step"] for r in rows if r.get("syncs_per_step") is not None]  # CUDA runs only
+        wait = f"{sorted(waits)[len(waits) // 2]:.1f}" if waits else "-"
+        return [f"{1 / step:.2f}", f"{sbs.median(rows, mem) / 1024:.1f}", mfu, wait]
 
     a, b = cells(ours), cells(theirs)
     speed = f"{float(a[0]) / float(b[0]):.2f}" if a[0] != "-" and b[0] != "-" else "-"
     return [
-        f"| {p.name} | {batch} | {a[0]} | {b[0]} | {speed} | {a[1]} | {b[1]} | {a[2]} | {b[2]} | {GOALS.get(key, '')} |"
+        f"| {p.name} | {batch} | {a[0]} | {b[0]} | {speed} | {a[1]} | {b[1]} | {a[2]} | {b[2]} | {a[3]} | {b[3]} "
+        f"| {GOALS.get(key, '')} |"
     ]
 
 
@@ -111,8 +116,8 @@ def table(setup: sbs.Setup, keys, batches, peak: float | None, kind: str, device
         f"{setup.steps} steps per run, {time.strftime('%Y-%m-%d')}",
         "",
         f"| configuration | batch | steps/s ours | steps/s diffusers | ratio | {unit} ours | diffusers | MFU ours "
-        "| diffusers | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| diffusers | syncs/step ours | diffusers | goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in keys:
         for batch in batches:

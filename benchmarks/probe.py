@@ -15,6 +15,9 @@ Both trainers are measured the same way, from the outside, without changing thei
   memory-mapped weights are read in first, :func:`_page_in`) and the peak resident set size (``VmHWM``) when forward
   ``STEPS + 1`` starts, i.e. the peak of N whole steps; on CUDA also ``torch.cuda.max_memory_allocated`` at the
   same two points;
+- on CUDA, synchronising operations per step after the first (``syncs_per_step``: each makes the host wait until
+  the GPU's queue is empty): from the second training forward on, ``torch.cuda.set_sync_debug_mode("warn")``
+  flags every one (``.item()``, a blocking copy, ...) and each flag is counted (and not printed);
 - with ``LIKENESS_BENCH_TENSORS=1``, also the peak bytes of the tensors made from the first training forward on
   (:func:`count_new_tensors`): the quantity the memory planner predicts, measured on the real run; every op then
   goes through a Python counter, so such a run's times are not comparable (marked ``counted``);
@@ -59,6 +62,7 @@ class Probe:
         self.stamps: list[float] = []
         self.first: dict[str, float] = {}
         self.tensors = None  # LiveBytes counting the tensors made from the first training forward on
+        self.syncs: list[int] | None = None  # CUDA: synchronising operations from the second training forward on
 
     def on_forward(self, unet) -> None:
         import torch
@@ -72,10 +76,14 @@ class Probe:
             self.first = {"rss_mb": rss_kb("VmRSS") / 1024, "cuda_mb": _cuda_mb(torch, "memory_allocated")}
             if os.environ.get("LIKENESS_BENCH_TENSORS") == "1":
                 self.tensors = count_new_tensors()
+        if len(self.stamps) == 2 and torch.cuda.is_available():
+            self.syncs = count_syncs(torch)
         if len(self.stamps) == self.steps + 1:
             self.finish(torch)
 
     def finish(self, torch) -> None:
+        if self.syncs is not None:
+            torch.cuda.set_sync_debug_mode(0)
         intervals = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
         steady = intervals[1:] or intervals  # the first step warms up (allocations, kernels); kept for 1-step runs
         result = {
@@ -89,6 +97,8 @@ class Probe:
             "threads": torch.get_num_threads(),
             "steps": self.steps,
         }
+        if self.syncs is not None:
+            result["syncs_per_step"] = len(self.syncs) / max(1, self.steps - 1)
         if self.tensors is not None:
             result["tensor_growth_mb"] = self.tensors.peak / 2**20
             result["counted"] = True  # every op went through the counter: this run's times are not comparable
@@ -120,6 +130,27 @@ def count_new_tensors():
         gc.freeze()
     count.__enter__()  # left on until the process ends (the result is written at forward STEPS + 1)
     return count
+
+
+def count_syncs(torch) -> list[int]:
+    """From now on, count the synchronising CUDA operations (torch's sync debug mode warns at each; those warnings
+    are counted here instead of printed). Returns the list that grows by one per operation."""
+    import warnings
+
+    seen: list[int] = []
+    message = "called a synchronizing CUDA operation"
+    show = warnings.showwarning
+
+    def counted(msg, category, filename, lineno, file=None, line=None):
+        if message in str(msg):
+            seen.append(1)
+            return
+        show(msg, category, filename, lineno, file, line)
+
+    warnings.filterwarnings("always", message=f".*{message}.*")
+    warnings.showwarning = counted
+    torch.cuda.set_sync_debug_mode("warn")
+    return seen
 
 
 def _page_in(module) -> None:

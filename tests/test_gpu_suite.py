@@ -37,3 +37,32 @@ def test_gpu_suite_smoke_mode_runs_both_trainers_and_writes_the_table(tmp_path):
     for row in rows:
         ours, theirs, ratio = (float(row[i]) for i in (3, 4, 5))
         assert ours > 0 and theirs > 0 and abs(ratio - ours / theirs) < 0.02
+
+
+def test_the_probe_counts_each_synchronising_cuda_operation_and_prints_none():
+    """The GPU suite's "syncs/step" columns: torch's sync debug mode warns at every synchronising CUDA
+    operation; the probe counts those warnings (every one, not once per line) and lets other warnings through.
+    Here torch's warning is raised by hand (no GPU), with the text torch uses."""
+    import warnings
+
+    from benchmarks.probe import count_syncs
+
+    class FakeCuda:
+        mode = None
+
+        def set_sync_debug_mode(self, mode):
+            self.mode = mode
+
+    class FakeTorch:
+        cuda = FakeCuda()
+
+    fake = FakeTorch()
+    shown = []
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, *a, **k: shown.append(str(msg))
+        seen = count_syncs(fake)
+        assert fake.cuda.mode == "warn"
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    assert len(seen) == 3 and shown == ["something else"]
