@@ -324,7 +324,7 @@ class Trainer:
 
         values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
         if self.world > 1:
-            flag = torch.tensor([float(bool(self.stop()))], device=self.device)
+            flag = to_device(torch.tensor([float(bool(self.stop()))]), self.device)  # (torch.tensor(device=) waits)
             values = self.accel.reduce(torch.cat([values.float() / self.world, flag]), reduction="sum")
         return StepNumbers(self.step + 1, values, norm is not None)
 
