@@ -7,6 +7,7 @@ folder first (no model is loaded when the set is already there), generates only 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ log = logging.getLogger("likeness")
 
 TITLE = "Generate Class Images"
 PREVIEW_COUNT = 4
+REMEMBERED = 256  # (node, settings) pairs whose model is remembered for IS_CHANGED
+
+# ComfyUI 2025+ calls IS_CHANGED with no linked inputs at all (the 2024 host passes the model when the loader's output
+# is cached), so the model key of a node's last run with the same settings is remembered here, in the process the
+# host's cache lives in.
+_last_model_key: dict[tuple[str, str], str] = {}
+
+
+def _remember_key(unique_id: Any, values: dict[str, Any]) -> tuple[str, str]:
+    settings = {k: v for k, v in values.items() if k not in ("model", "images", "unique_id")}
+    return str(unique_id), json.dumps(settings, sort_keys=True, default=str)
 
 
 def _classgen():
@@ -38,6 +50,18 @@ def _config(values: dict[str, Any]):
         except ValueError as e:
             raise ConfigError(f"{TITLE}: {e}") from None
     return config
+
+
+def _remember(unique_id: Any, values: dict[str, Any], model_key: str) -> None:
+    key = _remember_key(unique_id, values)
+    _last_model_key.pop(key, None)
+    _last_model_key[key] = model_key
+    while len(_last_model_key) > REMEMBERED:
+        _last_model_key.pop(next(iter(_last_model_key)))
+
+
+def _settings(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != "unique_id"}
 
 
 def _ui_images(files: list[Path]) -> list[dict[str, str]]:
@@ -109,13 +133,20 @@ class LikenessGenerateClassImages:
     def IS_CHANGED(cls, model: Any = None, images: Any = None, **values: Any) -> str:
         """Which images of the set are on disk: re-run when some went missing (deleted by hand), not otherwise.
 
-        Cheap (a folder listing, no model). The host passes ``model`` only when the loader's output is cached.
+        Cheap (a folder listing, no model). The 2024 host passes ``model`` when the loader's output is cached; newer
+        hosts pass no linked input, and the model of this node's last run with these settings is used.
         """
-        if images is not None or model is None or not hasattr(model, "content_hash"):
+        if images is not None:
             return ""
         try:
             cg = _classgen()
-            plan = cg.plan_class_set(_config(values), cg.model_key_of(model), bridge.output_dir())
+            if hasattr(model, "content_hash"):
+                model_key = cg.model_key_of(model)
+            else:
+                model_key = _last_model_key.get(_remember_key(values.get("unique_id"), values))
+                if model_key is None:
+                    return ""  # not run in this process yet: the host runs it anyway
+            plan = cg.plan_class_set(_config(_settings(values)), model_key, bridge.output_dir())
         except Exception as e:  # noqa: BLE001 - generate() reports bad settings with a proper message
             return f"error: {e}"
         return f"{plan.key}:{plan.count}:{len(plan.missing)}:{','.join(map(str, plan.missing[:50]))}"
@@ -136,7 +167,9 @@ class LikenessGenerateClassImages:
                 from ..trainers.errors import ConfigError
 
                 raise ConfigError(f"{TITLE}: connect 'model' to the likeness_model output of Likeness Load Checkpoint")
-            plan = cg.plan_class_set(config, cg.model_key_of(model), output_root)
+            model_key = cg.model_key_of(model)
+            _remember(unique_id, values, model_key)
+            plan = cg.plan_class_set(config, model_key, output_root)
             if plan.complete:
                 result = cg.generate_class_images(config, model=model, output_root=output_root)
             else:

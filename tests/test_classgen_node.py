@@ -126,3 +126,30 @@ def test_cli_generates_and_reuses(tmp_path, tiny_checkpoint, capsys):
     # bad option from the command line: a clear error, exit status 2
     assert main(["classes", "--config", str(config), "--output-root", str(out), "resolution=100"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_is_changed_without_linked_inputs_follows_the_set_of_the_nodes_last_run(pack, node, tmp_path, monkeypatch):
+    """ComfyUI 2025+ calls IS_CHANGED with every linked input missing (None) and the hidden unique id: the model of
+    this node's last run with the same settings decides which set is looked at, so an image deleted by hand makes
+    the node run again and an untouched set keeps it cached."""
+    from likeness_pack.nodes import bridge, classes
+
+    monkeypatch.setattr(bridge, "output_dir", lambda: tmp_path)
+    monkeypatch.setattr(classes, "_last_model_key", {})
+    settings = {**GOOD, "count": 3}
+
+    def ask(uid="7", **change):
+        return node.IS_CHANGED(model=None, images=None, unique_id=uid, **{**settings, **change})
+
+    assert ask() == ""  # not run in this process yet: the host runs it anyway
+    key = "ab" * 32
+    classes._remember("7", settings, key)
+    folder = classes._classgen().plan_class_set(classes._config(settings), key, tmp_path).folder
+    folder.mkdir(parents=True)
+    for k in range(3):
+        (folder / f"class_{k:05d}.png").write_bytes(b"png")
+    full = ask()
+    assert full.endswith(":3:0:") and ask() == full  # nothing missing: the same answer, the host's cache serves it
+    (folder / "class_00001.png").unlink()
+    assert ask().endswith(":3:1:1")  # image 1 missing: a new answer, the node runs and makes it again
+    assert ask(uid="8") == "" and ask(count=4) == ""  # another node, other settings: not remembered
