@@ -133,3 +133,27 @@ def test_a_step_read_late_that_diverged_still_saves_nothing(tiny_components, tmp
     assert f"became NaN at step {bad_step}:" in str(e.value) and "nothing was saved" in str(e.value)
     assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "out.state").exists() or not list((tmp_path / "out.state").glob("step-*"))
+
+
+def test_a_stop_with_a_step_pending_saves_it_and_the_resumed_run_ends_bit_for_bit_as_a_straight_one(
+    tiny_components, tmp_path, deferred
+):
+    """The stop comes while the last step's numbers are still pending: they are read before the resumable state is
+    written, so the state holds every step done and the resumed run continues exactly."""
+    subject_images(tmp_path / "inst")
+    common = dict(steps=8, instance_data=str(tmp_path / "inst"), lr_scheduler="cosine", lr_warmup_steps=2)
+    straight = fresh(tiny_components)
+    full = train(tiny_config(tmp_path / "a", **common), components=straight)
+
+    rec = Recorder()
+    stop = lambda: any(p[0] >= 3 for p in rec.progress)  # noqa: E731 - step 3 is reported while step 4 runs
+    stopped = train(tiny_config(tmp_path / "b", **common), components=fresh(tiny_components), callbacks=rec, stop=stop)
+    assert stopped.state == "stopped" and stopped.steps_done == 4 and [p[0] for p in rec.progress] == [1, 2, 3, 4]
+    assert stopped.state_path.name == "step-000004" and stopped.losses == full.losses[:4]
+    assert json.loads((stopped.state_path / "state.json").read_text())["losses"] == full.losses[:4]
+    resumed_parts = fresh(tiny_components)
+    resumed = train(tiny_config(tmp_path / "b", **common, resume_from="latest"), components=resumed_parts)
+    assert resumed.steps_done == 8 and resumed.losses == full.losses
+    for a, b in ((straight.unet, resumed_parts.unet), (straight.text_encoder, resumed_parts.text_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
