@@ -60,10 +60,6 @@ def _remember(unique_id: Any, values: dict[str, Any], model_key: str) -> None:
         _last_model_key.pop(next(iter(_last_model_key)))
 
 
-def _settings(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k != "unique_id"}
-
-
 def _ui_images(files: list[Path]) -> list[dict[str, str]]:
     """The first images as the page's output thumbnails (only when they are inside ComfyUI's output folder)."""
     try:
@@ -146,7 +142,7 @@ class LikenessGenerateClassImages:
                 model_key = _last_model_key.get(_remember_key(values.get("unique_id"), values))
                 if model_key is None:
                     return ""  # not run in this process yet: the host runs it anyway
-            plan = cg.plan_class_set(_config(_settings(values)), model_key, bridge.output_dir())
+            plan = cg.plan_class_set(_config(values), model_key, bridge.output_dir())
         except Exception as e:  # noqa: BLE001 - generate() reports bad settings with a proper message
             return f"error: {e}"
         return f"{plan.key}:{plan.count}:{len(plan.missing)}:{','.join(map(str, plan.missing[:50]))}"
