@@ -9,11 +9,11 @@ checkpointing and AdamW for both; full DreamBooth (UNet; UNet + text encoder) an
 ours and through diffusers' ``train_dreambooth.py`` / ``train_dreambooth_lora.py`` (from a checkout named by
 ``DIFFUSERS_EXAMPLES`` or ``--diffusers``, never part of this repository), plus our low-memory rows (bf16 weights
 with stochastic rounding and the optimizer step in backward). Each run is a fresh process measured by
-``benchmarks/probe.py``: steps/s (median, first step left out), peak VRAM (``torch.cuda.max_memory_allocated``) and
+``benchmarks/probe.py``: steps/s (median, first step left out), peak VRAM (``torch.cuda.max_memory_allocated``),
 synchronising operations per step (each makes the host wait until the GPU's queue is empty: ``.item()``, a
 blocking copy; counted with torch's sync debug mode, which does not see our loop's one wait per step, for the
-previous step's losses, when the next step is queued already) and model FLOPs utilisation: the UNet's (and trained text encoder's) forward FLOPs counted once on the meta device
-(``torch.utils.flop_counter``), times 3 for forward + backward of trained weights (2 for LoRA's frozen base, which
+previous step's losses, when the next step is queued already) and model FLOPs utilisation: the UNet's (and trained
+text encoder's) forward FLOPs counted once on the meta device (``torch.utils.flop_counter``), times 3 for forward + backward of trained weights (2 for LoRA's frozen base, which
 needs no weight gradients), over the step time and the GPU's dense bf16/fp16 peak (``--peak-tflops`` for a GPU not in
 the table). About 7 minutes on one H100-class GPU.
 
@@ -97,8 +97,8 @@ def rows_for(setup: sbs.Setup, key: str, batch: int, peak: float | None, kind: s
             return ["-", "-", "-", "-"]
         step = sbs.median(rows, "step_s")
         mfu = f"{100 * flops / step / peak:.0f}%" if peak and step else "-"
-        waits = [r["syncs_per_step"] for r in rows if r.get("syncs_per_step") is not None]  # CUDA runs only
-        wait = f"{sorted(waits)[len(waits) // 2]:.1f}" if waits else "-"
+        syncs = sbs.median(rows, "syncs_per_step")  # CUDA runs only
+        wait = f"{syncs:.1f}" if syncs is not None else "-"
         return [f"{1 / step:.2f}", f"{sbs.median(rows, mem) / 1024:.1f}", mfu, wait]
 
     a, b = cells(ours), cells(theirs)

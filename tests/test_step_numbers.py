@@ -26,7 +26,9 @@ class Recorder(Callbacks):
 
     def on_progress(self, info):
         if info.phase == "training":
-            self.progress.append((info.step, info.loss, info.loss_instance, info.loss_prior, info.loss_smoothed))
+            self.progress.append(
+                (info.step, info.loss, info.loss_instance, info.loss_prior, info.loss_smoothed, info.lr)
+            )
 
 
 def _defer(monkeypatch) -> None:
@@ -57,7 +59,7 @@ def _run(tiny_components, folder: Path, **overrides):
     class_images(folder / "cls")
     cfg = tiny_config(
         folder, steps=6, class_data=str(folder / "cls"), prior_preservation=True, checkpoint_every=4, ema=True,
-        keep_checkpoints=3, **overrides,
+        keep_checkpoints=3, lr_scheduler="cosine", lr_warmup_steps=2, **overrides,
     )  # fmt: skip
     rec = Recorder()
     return train(cfg, components=fresh(tiny_components), callbacks=rec), rec
@@ -89,7 +91,7 @@ def test_reading_a_step_during_the_next_trains_reports_and_saves_exactly_the_sam
     later, rec_later = _run(tiny_components, tmp_path / "b")
     assert at_once.state == later.state == "finished" and at_once.steps_done == later.steps_done == 6
     assert [p[0] for p in rec_later.progress] == [1, 2, 3, 4, 5, 6]  # every step reported once, in order
-    assert rec_later.progress == rec_at_once.progress  # the same losses, prior losses and smoothed curve
+    assert rec_later.progress == rec_at_once.progress  # the same losses, prior losses, smoothed curve, lr
     assert later.losses == at_once.losses and later.losses_prior == at_once.losses_prior
     assert all(x is not None for p in rec_later.progress for x in p)
     a, b = _weights(at_once.path), _weights(later.path)

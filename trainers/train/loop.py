@@ -248,13 +248,16 @@ class Trainer:
             numbers = self.one_step()
             self.step += 1
             self.settle(numbers)
-            if self.model_read_after_step():
-                self.settle()
-            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+            last = self.step >= cfg.steps
+            sample = bool(cfg.sample_every and self.step % cfg.sample_every == 0) and not last
+            save = bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) and not last
+            if last or sample or save or any(hook.reads_model(self) for hook in self.hooks):
+                self.settle()  # the model is read or saved next: its steps are checked first (nothing diverged shown)
+            if sample:
                 self.make_samples()
             for hook in self.hooks:
                 hook.after_step(self)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+            if save:
                 self.save_state()
             reasons = [r for r in (hook.stop_reason(self) for hook in self.hooks) if r]
             if reasons:
@@ -263,17 +266,6 @@ class Trainer:
                 self.cb.on_status(f"training ends at step {self.step}: {self.stopped_early}")
                 return
         self.settle()
-
-    def model_read_after_step(self) -> bool:
-        """Whether something reads or writes the model after this step (samples, a resumable state, a hook that
-        evaluates, the end): the step's numbers are checked first, so nothing diverged is ever shown or saved."""
-        cfg, step = self.cfg, self.step
-        return (
-            step >= cfg.steps
-            or bool(cfg.sample_every and step % cfg.sample_every == 0)
-            or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-            or any(hook.reads_model(self) for hook in self.hooks)
-        )
 
     def one_step(self) -> StepNumbers:
         """One optimizer step over ``gradient_accumulation`` micro-batches. Returns the step's numbers (losses,
@@ -312,6 +304,7 @@ class Trainer:
             self.check(numbers)  # read now: a non-finite step is never applied
         self.optimizer.step()
         self.lr_scheduler.step()
+        numbers.lr = self.lr_scheduler.get_last_lr()[0]  # the report's lr, whenever the step is read
         self.optimizer.zero_grad(set_to_none=True)
         if self.trim_heap:
             release_freed_host_memory()
@@ -324,8 +317,7 @@ class Trainer:
 
         values = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]) if norm is not None else sums
         if self.world > 1:
-            flag = to_device(torch.tensor([float(bool(self.stop()))]), self.device)  # (torch.tensor(device=) waits)
-            values = self.accel.reduce(torch.cat([values.float() / self.world, flag]), reduction="sum")
+            values = self.accel.reduce(torch.cat([values.float() / self.world, self.stop_flag()]), reduction="sum")
         return StepNumbers(self.step + 1, values, norm is not None)
 
     def settle(self, numbers: StepNumbers | None = None) -> None:
@@ -333,7 +325,7 @@ class Trainer:
         numbers were read and checked in :meth:`one_step`, before the optimizer applied the step. On a GPU
         (``defer_numbers``) ``settle(numbers)`` keeps them pending and takes the step before, so they are read while
         the next step runs and the GPU never waits for Python; a non-finite step then stops the run one step later,
-        and :meth:`model_read_after_step` settles first whenever the model is sampled, evaluated or saved.
+        and the loop settles first whenever the model is sampled, evaluated or saved.
         ``settle()`` takes what is pending."""
         if numbers is not None and self.defer_numbers:
             numbers, self.pending = self.pending, numbers
@@ -348,7 +340,7 @@ class Trainer:
         self.losses_instance.append(inst)
         if prior is not None:
             self.losses_prior.append(prior)
-        self.report(numbers.step, total, self.smoothed.add(total), inst, prior)
+        self.report(numbers.step, numbers.lr, total, self.smoothed.add(total), inst, prior)
 
     def check(self, numbers: StepNumbers) -> list[float]:
         """A step's losses as floats (read once). A non-finite loss, or gradient norm without fp16 loss scaling
@@ -409,14 +401,18 @@ class Trainer:
         """The stop flag. Several processes stop at the same step: each step's one reduction carries every
         process's flag (:meth:`step_numbers`, read in :meth:`check`), and ``agree`` asks all of them now (outside
         the hot loop)."""
-        import torch
-
         if self.world == 1:
             return bool(self.stop())
         if agree:
-            flag = torch.tensor([float(bool(self.stop()))], device=self.device)
-            self.stop_agreed = self.stop_agreed or self.accel.reduce(flag, reduction="sum").tolist()[0] > 0
+            self.stop_agreed = self.stop_agreed or self.accel.reduce(self.stop_flag(), reduction="sum").tolist()[0] > 0
         return self.stop_agreed
+
+    def stop_flag(self):
+        """This process's stop flag as a one-value tensor on the device (copied without a wait: a plain
+        ``torch.tensor(..., device=cuda)`` waits for the GPU)."""
+        import torch
+
+        return to_device(torch.tensor([float(bool(self.stop()))]), self.device)
 
     def pixel_weights(self, masks, pred):
         """Per-pixel loss weights for the whole batch from the subject masks (1 for every class sample), or None."""
@@ -543,7 +539,7 @@ class Trainer:
             step=self.step, total=self.cfg.steps, phase=phase, elapsed=time.perf_counter() - self.t_start
         )
 
-    def report(self, step: int, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
+    def report(self, step: int, lr: float, loss: float, smoothed: float, inst: float, prior: float | None) -> None:
         now = time.perf_counter()
         rate = (step - self.first_step) / max(now - self.t_train, 1e-9)
         info = ProgressInfo(
@@ -552,7 +548,7 @@ class Trainer:
             phase="training",
             loss=loss,
             loss_smoothed=smoothed,
-            lr=self.lr_scheduler.get_last_lr()[0],
+            lr=lr,
             elapsed=now - self.t_start,
             eta=(self.cfg.steps - step) / rate if rate > 0 else None,
             it_s=rate,
@@ -790,6 +786,7 @@ class StepNumbers:
 
         self.step, self.has_norm = step, has_norm
         self.losses: list[float] | None = None  # total, subject, prior once read and checked (``Trainer.check``)
+        self.lr = 0.0  # the learning rate after the step (set by ``Trainer.one_step``)
         self.event = None
         if values.device.type == "cuda":
             self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
